@@ -1,0 +1,71 @@
+"""CVRL on Kinetics-600 with R3D-50, as published (Qian et al., CVPR 2021).
+
+    python -m vrl.main --config=configs/cvrl_k600.py --workdir=gs://bucket/cvrl_k600
+    python -m vrl.main --config=configs/cvrl_k600.py:runlocal --workdir=/tmp/cvrl   # synthetic, a minute
+
+Values follow the released TF Model Garden config (official/projects/video_ssl): batch 1024,
+16 frames at stride 2, 224x224, SGD momentum 0.9 with lr 0.32 and cosine decay, ~1787 warmup
+steps (5 epochs), 200 epochs, L2 weight decay 1e-6 on kernels, temperature 0.1, a 3-layer
+2048-d MLP head with 128-d output. The paper text mentions LARS: `--config.optim.name=lars`.
+Augmentation: random resized crop area [0.3, 1], aspect [0.5, 2], flip, colour jitter p 0.8,
+grayscale p 0.2, blur p 1.0 / 0.1 and solarize p 0 / 0.2 on view 1 / 2.
+Data: a `kinetics600` dataset prepared with `python -m vrl.data.prepare` (see docs/DATA.md) in
+$VRL_DATA_DIR (or --config.data.source.data_dir).
+"""
+
+import os
+
+import ml_collections
+
+from vrl.config import parse_arg
+
+CVRL_SPATIAL = (
+    "random_resized_crop(size={size}, area=(0.3, 1.0), aspect=(0.5, 2.0))|flip(p=0.5)"
+    "|color_jitter(p=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)"
+    "|grayscale(p=0.2)|gaussian_blur(p=(1.0, 0.1), sigma=(0.1, 2.0))|solarize(p=(0.0, 0.2))"
+)
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, runlocal=False)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_epochs = 200.0
+    c.log_every_steps = 100
+    c.compute_dtype = "bfloat16"
+    c.data = dict(
+        source=dict(
+            name="tfds",
+            dataset="kinetics600",
+            data_dir=os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
+        ),
+        train_split="train",
+        test_split="validation",
+        batch_size=1024,
+        train_pp="cvrl_clips(frames=16, stride=2, power=1.0)|" + CVRL_SPATIAL.format(size=224),
+        test_pp="center_clip(frames=32, stride=2)|resize_short(size=256)|center_crop(size=224)",
+        num_workers=16,
+    )
+    c.model = dict(name="r3d", depth=50, width=1.0)
+    c.objective = dict(name="cvrl", temperature=0.1, head_hidden=2048, head_layers=3, head_out=128)
+    c.optim = dict(
+        name="sgd", lr=0.32, momentum=0.9, warmup_epochs=5.0, weight_decay=1e-6, schedule="cosine"
+    )
+    c.ckpt = dict(every_steps=2000, keep=3)
+    c.evals = dict()
+    if args.runlocal:
+        c.total_epochs = None
+        c.total_steps = 3
+        c.log_every_steps = 1
+        c.compute_dtype = "float32"
+        c.data.source = dict(name="synthetic", frames=32, size=64, num_videos=32)
+        c.data.test_split = "test"
+        c.data.batch_size = 8
+        c.data.num_workers = 0
+        c.data.train_pp = "cvrl_clips(frames=8, stride=2)|" + CVRL_SPATIAL.format(size=32)
+        c.data.test_pp = "center_clip(frames=8, stride=2)|resize_short(size=32)|center_crop(size=32)"
+        c.model = dict(name="r3d", depth=18, width=0.125)
+        c.objective = dict(name="cvrl", temperature=0.1, head_hidden=64, head_layers=2, head_out=32)
+        c.optim.warmup_epochs = None
+        c.optim.warmup_steps = 1
+    return c

@@ -1,0 +1,268 @@
+"""Spatial ops: temporal consistency, per-view randomness and per-op correctness."""
+
+import numpy as np
+import pytest
+
+from vrl import registry
+from vrl.data import spatial
+
+
+def still_video(views=2, frames=4, height=48, width=64, seed=0):
+    """Identical frames in every view: any frame-to-frame difference comes from the op."""
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(image, (views, frames, height, width, 3)))
+
+
+def run(op, video, seed=0, **extra):
+    return op({"id": "clip", "video": video, **extra}, np.random.default_rng(seed))
+
+
+ALL_OPS = {
+    "random_resized_crop": dict(size=32),
+    "flip": dict(p=1.0),
+    "color_jitter": dict(p=1.0),
+    "grayscale": dict(p=1.0),
+    "gaussian_blur": dict(p=1.0),
+    "solarize": dict(p=1.0),
+    "resize_short": dict(size=30),
+    "center_crop": dict(size=40),
+    "three_crop": dict(size=40),
+    "freq_aug": dict(p=1.0, mode="both"),
+}
+# Ops whose random parameters are continuous, so two views almost surely differ.
+PER_VIEW_RANDOM = ("random_resized_crop", "color_jitter", "gaussian_blur")
+
+
+@pytest.mark.parametrize("name", sorted(ALL_OPS))
+def test_every_frame_of_a_view_gets_the_same_transform(name):
+    op = registry.get("transform", name)(**ALL_OPS[name])
+    assert getattr(registry.get("transform", name), "stage", "spatial") == "spatial"
+    out = run(op, still_video())["video"]
+    assert out.dtype == np.uint8 and out.ndim == 5
+    np.testing.assert_array_equal(out, np.broadcast_to(out[:, :1], out.shape))
+    if name in PER_VIEW_RANDOM:
+        assert not np.array_equal(out[0], out[1])
+
+
+def test_flip():
+    video = still_video()
+    np.testing.assert_array_equal(run(spatial.flip(p=1.0), video)["video"], video[:, :, :, ::-1])
+    np.testing.assert_array_equal(run(spatial.flip(p=0.0), video)["video"], video)
+    out = run(spatial.flip(p=(0.0, 1.0)), video)["video"]
+    np.testing.assert_array_equal(out[0], video[0])
+    np.testing.assert_array_equal(out[1], video[1, :, :, ::-1])
+
+
+def test_grayscale():
+    video = still_video()
+    out = run(spatial.grayscale(p=1.0), video)["video"]
+    assert np.all(out[..., 0] == out[..., 1]) and np.all(out[..., 1] == out[..., 2])
+    luma = video.astype(np.float64) @ [0.299, 0.587, 0.114]
+    assert np.abs(out[..., 0] - luma).max() <= 0.51
+    np.testing.assert_array_equal(run(spatial.grayscale(p=0.0), video)["video"], video)
+
+
+def test_solarize():
+    video = still_video()
+    out = run(spatial.solarize(p=(0.0, 1.0), threshold=128), video)["video"]
+    np.testing.assert_array_equal(out[0], video[0])
+    np.testing.assert_array_equal(out[1], np.where(video[1] >= 128, 255 - video[1], video[1]))
+
+
+def test_sample_crop_box_respects_area_and_aspect():
+    rng = np.random.default_rng(1)
+    for height, width in [(120, 160), (160, 90)]:
+        for _ in range(300):
+            left, top, right, bottom = spatial.sample_crop_box(
+                rng, height, width, (0.3, 1.0), (0.5, 2.0)
+            )
+            assert 0 <= left < right <= width and 0 <= top < bottom <= height
+            w, h = right - left, bottom - top
+            assert 0.5 * 0.97 <= w / h <= 2.0 * 1.03  # up to rounding of w and h
+            assert 0.3 * 0.97 <= w * h / (height * width) <= 1.0
+    # No crop of >= 30% area fits a 10 x 200 strip with aspect <= 2: centred fallback.
+    assert spatial.sample_crop_box(rng, 10, 200, (0.3, 1.0), (0.5, 2.0)) == (90, 0, 110, 10)
+
+
+def test_random_resized_crop_reads_the_sampled_box():
+    # R encodes x, G encodes y, so the output's value range reveals the crop box.
+    y, x = np.mgrid[0:200, 0:250]
+    image = np.stack([x, y, np.zeros_like(x)], axis=-1).clip(0, 255).astype(np.uint8)
+    video = np.broadcast_to(image, (1, 2, 200, 250, 3)).copy()
+    op = spatial.random_resized_crop(size=32, area=(0.3, 1.0), aspect=(0.5, 2.0))
+    areas = []
+    for seed in range(40):
+        out = run(op, video, seed)["video"]
+        assert out.shape == (1, 2, 32, 32, 3)
+        rng = np.random.default_rng(seed)
+        left, top, right, bottom = spatial.sample_crop_box(rng, 200, 250, (0.3, 1.0), (0.5, 2.0))
+        r, g = out[0, 0, ..., 0].astype(int), out[0, 0, ..., 1].astype(int)
+        assert abs(r.min() - left) <= 4 and abs(r.max() - (right - 1)) <= 4
+        assert abs(g.min() - top) <= 4 and abs(g.max() - (bottom - 1)) <= 4
+        areas.append((right - left) * (bottom - top) / (200 * 250))
+    assert min(areas) >= 0.29 and max(areas) <= 1.0 and np.ptp(areas) > 0.3
+
+
+def test_color_jitter_identity_cases():
+    video = still_video()
+    for op in (
+        spatial.color_jitter(p=0.0),
+        spatial.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0, hue=0),
+    ):
+        np.testing.assert_array_equal(run(op, video)["video"], video)
+
+
+def test_color_jitter_brightness_scales_every_pixel_alike():
+    video = still_video(height=32, width=32)
+    op = spatial.color_jitter(p=1.0, brightness=0.5, contrast=0, saturation=0, hue=0)
+    for seed in range(10):
+        out = run(op, video, seed)["video"].astype(float)
+        for v in range(2):  # one factor per view
+            unclipped = video[v] < 150  # x * 1.5 stays below 255
+            factor = out[v][unclipped].sum() / video[v][unclipped].sum()
+            assert 0.5 - 1e-3 <= factor <= 1.5 + 1e-3
+            assert np.abs(out[v][unclipped] - video[v][unclipped] * factor).max() <= 0.6
+
+
+def test_color_jitter_saturation_and_hue_keep_grays_and_luma():
+    video = still_video(height=32, width=32).astype(np.int16)
+    video = (video // 4 + 96).astype(np.uint8)  # mid-range colours: no clipping
+    video[:, :, :4] = 77  # a gray band
+    luma = video.astype(float) @ [0.299, 0.587, 0.114]
+    for op in (
+        spatial.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0.8, hue=0),
+        spatial.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0, hue=0.2),
+    ):
+        out = run(op, video, 3)["video"]
+        np.testing.assert_array_equal(out[:, :, :4], 77)
+        assert np.abs(out.astype(float) @ [0.299, 0.587, 0.114] - luma).max() <= 1.5
+        assert not np.array_equal(out, video)
+
+
+def test_color_jitter_contrast_keeps_view_mean_luma():
+    video = (still_video(height=32, width=32) // 2 + 64).astype(np.uint8)
+    op = spatial.color_jitter(p=1.0, brightness=0, contrast=0.8, saturation=0, hue=0)
+    out = run(op, video, 5)["video"]
+    luma = lambda v: (v.astype(float) @ [0.299, 0.587, 0.114]).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(luma(out), luma(video), atol=0.6)
+    assert not np.array_equal(out, video)
+
+
+def laplacian_energy(video):
+    x = video.astype(float)
+    lap = 4 * x[..., 1:-1, 1:-1, :] - x[..., :-2, 1:-1, :] - x[..., 2:, 1:-1, :]
+    lap -= x[..., 1:-1, :-2, :] + x[..., 1:-1, 2:, :]
+    return np.abs(lap).mean(axis=(1, 2, 3, 4))
+
+
+def test_gaussian_blur_removes_detail_per_view():
+    video = still_video()
+    out = run(spatial.gaussian_blur(p=(1.0, 0.0), sigma=(1.0, 2.0)), video)["video"]
+    np.testing.assert_array_equal(out[1], video[1])
+    before, after = laplacian_energy(video), laplacian_energy(out)
+    assert after[0] < 0.3 * before[0]
+
+
+def test_resize_short_and_center_crop():
+    video = still_video(height=48, width=64)
+    assert run(spatial.resize_short(size=24), video)["video"].shape == (2, 4, 24, 32, 3)
+    portrait = still_video(height=64, width=48)
+    assert run(spatial.resize_short(size=24), portrait)["video"].shape == (2, 4, 32, 24, 3)
+    flat = np.full((1, 2, 48, 64, 3), 90, np.uint8)
+    np.testing.assert_array_equal(run(spatial.resize_short(size=20), flat)["video"], 90)
+    out = run(spatial.center_crop(size=40), video)["video"]
+    np.testing.assert_array_equal(out, video[:, :, 4:44, 12:52])
+    with pytest.raises(ValueError, match="resize_short"):
+        run(spatial.center_crop(size=50), video)
+
+
+@pytest.mark.parametrize("height,width", [(48, 80), (80, 48)])
+def test_three_crop_positions_and_view_major_order(height, width):
+    video = np.stack([still_video(1, 3, height, width, seed=s)[0] for s in (1, 2)])
+    temporal_start = np.array([5, 9], np.int32)
+    out = run(spatial.three_crop(size=40), video, **{"temporal/start": temporal_start})
+    assert out["video"].shape == (6, 3, 40, 40, 3)
+    np.testing.assert_array_equal(out["temporal/start"], [5, 5, 5, 9, 9, 9])
+    np.testing.assert_array_equal(out["spatial/crop"], [0, 1, 2, 0, 1, 2])
+    centre = (min(height, width) - 40) // 2
+    for v in range(2):
+        for c, offset in enumerate((0, (max(height, width) - 40) // 2, max(height, width) - 40)):
+            top, left = (offset, centre) if height > width else (centre, offset)
+            expected = video[v, :, top : top + 40, left : left + 40]
+            np.testing.assert_array_equal(out["video"][3 * v + c], expected)
+
+
+def spectrum_at(video, t_bin, x_bin):
+    x = video[0].astype(float).mean(axis=-1)
+    return np.abs(np.fft.fftn(x - x.mean())[t_bin, 0, x_bin])
+
+
+def test_freq_aug_removes_low_frequencies():
+    frames, height, width = 16, 32, 64
+    t = 2 * np.pi * np.arange(frames)[:, None, None] / frames
+    x = 2 * np.pi * np.arange(width)[None, None, :] / width
+    # (temporal, spatial) cycles per clip: static coarse (0, 2), static texture (0, 16),
+    # slow-flickering texture (1, 16), fast-flickering texture (4, 16), fast coarse (4, 2).
+    components = {(0, 2): 20, (0, 16): 15, (1, 16): 15, (4, 16): 15, (4, 2): 15}
+    signal = 128 + sum(a * np.cos(ft * t) * np.cos(fx * x) for (ft, fx), a in components.items())
+    image = np.broadcast_to(signal, (frames, height, width))
+    video = np.repeat(image[None, ..., None], 3, axis=-1).round().astype(np.uint8)
+    before = {key: spectrum_at(video, *key) for key in components}
+    # Cutoffs: spatial 0.05 cycles/pixel (2/64 is low, 16/64 high); temporal 0.1 cycles/frame
+    # (0 and 1/16 are low, 4/16 high).
+    kwargs = dict(p=1.0, spatial_cutoff=0.05, temporal_cutoff=0.1)
+    removed = {
+        "spatial": {(0, 2), (4, 2)},
+        "temporal": {(0, 2), (0, 16), (1, 16)},
+        "both": {(0, 2), (0, 16), (1, 16), (4, 2)},
+    }
+    for mode, lows in removed.items():
+        out = run(spatial.freq_aug(mode=mode, **kwargs), video)["video"]
+        for key in components:
+            after = spectrum_at(out, *key)
+            if key in lows:
+                assert after < 0.05 * before[key], (mode, key)
+            else:
+                assert after == pytest.approx(before[key], rel=0.05), (mode, key)
+        assert abs(out.mean() - video.mean()) < 1.0  # the mean is kept
+
+
+def fft_high_pass(x, spatial_cutoff, temporal_cutoff):
+    """Reference: zero the low components of the full 3-D FFT (float64)."""
+    frames, height, width, _ = x.shape
+    ft = np.abs(np.fft.fftfreq(frames))[:, None, None]
+    radius = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.fftfreq(width)[None, :])
+    low = (radius[None] < spatial_cutoff) | (ft < temporal_cutoff)
+    spectrum = np.fft.fftn(x.astype(np.float64), axes=(0, 1, 2)) * (~low)[..., None]
+    return np.fft.ifftn(spectrum, axes=(0, 1, 2)).real
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 40, 3), (5, 37, 50, 3)])
+@pytest.mark.parametrize("cutoffs", [(0.01, 0.1), (0.05, 0.0), (0.0, 0.3), (0.2, 0.2), (0.75, 0.0)])
+def test_high_pass_equals_the_fft_mask(shape, cutoffs):
+    x = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
+    out = spatial.high_pass(x, *cutoffs)
+    assert out.dtype == np.float32 and out.shape == shape
+    np.testing.assert_allclose(out, fft_high_pass(x, *cutoffs), atol=2e-3)
+
+
+def test_chain_views_and_errors():
+    ops = [
+        spatial.random_resized_crop(size=32),
+        spatial.flip(),
+        spatial.color_jitter(),
+        spatial.grayscale(),
+        spatial.gaussian_blur(p=(1.0, 0.1)),
+        spatial.solarize(p=(0.0, 0.2)),
+    ]
+    example = {"video": still_video(views=2, frames=3)}
+    rng = np.random.default_rng(0)
+    for op in ops:
+        example = op(example, rng)
+    assert example["video"].shape == (2, 3, 32, 32, 3)
+    with pytest.raises(ValueError, match="3 values for 2 views"):
+        run(spatial.flip(p=(0.5, 0.5, 0.5)), still_video())
+    with pytest.raises(ValueError, match=r"uint8 \[V, T, H, W, 3\]"):
+        run(spatial.flip(), still_video()[0])
+    with pytest.raises(ValueError, match="hue"):
+        spatial.color_jitter(hue=0.7)

@@ -1,0 +1,205 @@
+"""Orbax checkpoints holding the train state, the Grain iterator state and the run's config.
+
+Saving the data iterator with the model makes a resumed run the same run: the next batch after a
+restore is the batch the uninterrupted run would have seen. Restores are strict: a checkpoint
+whose parameter names or shapes differ from what the config builds is an error listing the
+differences, never a silent partial load.
+
+    python -m vrl.checkpoint WORKDIR    lists saved steps, parameter counts and sha256 digests
+"""
+
+import dataclasses
+import hashlib
+import os
+import sys
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE, DATA, CONFIG = "state", "data", "config"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that does not exist or does not match what the config builds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 1000
+    keep: int = 3
+    async_save: bool = True
+
+
+def directory(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(workdir: str, cfg: CheckpointConfig = CheckpointConfig(), read_only=False):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else cfg.keep,
+        save_interval_steps=0 if read_only else 1,
+        enable_async_checkpointing=cfg.async_save,
+        create=not read_only,
+        read_only=read_only,
+    )
+    handlers = {
+        STATE: ocp.PyTreeCheckpointHandler(),
+        DATA: grain.checkpoint.CheckpointHandler(),
+        CONFIG: ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(directory(workdir), options=options, item_handlers=handlers)
+
+
+def save(mngr, step: int, state, iterator, meta: dict, force: bool = False) -> bool:
+    """Starts an (async) save of everything a resume needs; returns whether it saved.
+
+    `meta` is JSON: {"config": the run's config, "init_batch": {key: [shape, dtype]}}, enough to
+    rebuild the model and its parameter shapes anywhere, without the training data.
+    """
+    return mngr.save(
+        step,
+        args=ocp.args.Composite(
+            **{
+                STATE: ocp.args.PyTreeSave(state),
+                DATA: grain.checkpoint.CheckpointSave(iterator),
+                CONFIG: ocp.args.JsonSave(meta),
+            }
+        ),
+        force=force,
+    )
+
+
+def restore_data(mngr, step: int, iterator) -> None:
+    """Moves `iterator` to where it was when step `step` was saved."""
+    mngr.restore(step, args=ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(iterator)}))
+
+
+def restore_state(mngr, step: int, abstract_state):
+    """The train state at `step`, laid out by the shardings in `abstract_state` (strict)."""
+    check_matches(tree_metadata(mngr, step), abstract_state, f"checkpoint step {step}")
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(abstract_state, restore_args)}),
+    )
+    return restored[STATE]
+
+
+def load_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
+    """(meta, step): the run's config and init batch shapes saved at `step` (default: latest)."""
+    if not os.path.isdir(directory(workdir)):
+        raise CheckpointError(f"no checkpoint directory {directory(workdir)}")
+    mngr = manager(workdir, read_only=True)
+    step = resolve_step(mngr, step, workdir)
+    meta = mngr.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+    mngr.close()
+    return meta, step
+
+
+def resolve_step(mngr, step: int | None, workdir: str) -> int:
+    steps = mngr.all_steps()
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {directory(workdir)}")
+    if step is None:
+        return max(steps)
+    if step not in steps:
+        raise CheckpointError(f"no step {step} in {directory(workdir)}; saved steps: {sorted(steps)}")
+    return step
+
+
+def tree_metadata(mngr, step: int):
+    """Shapes/dtypes of the saved train state (no array is read)."""
+    meta = mngr.item_metadata(step)
+    meta = meta[STATE] if STATE in meta else meta
+    return getattr(meta, "tree", meta)
+
+
+def restore_partial(workdir: str, step: int, target: dict):
+    """Strictly restores some top-level entries of the train state, e.g. {"params": ..., "extra": ...}.
+
+    `target` maps entries to abstract trees (ShapeDtypeStructs with shardings, or arrays); the
+    optimizer state is never read. Every entry must match the saved one leaf for leaf.
+    """
+    mngr = manager(workdir, read_only=True)
+    saved = tree_metadata(mngr, step)
+    for key, abstract in target.items():
+        if key not in saved:
+            raise CheckpointError(
+                f"checkpoint step {step} in {directory(workdir)} has no {key!r}; has: {', '.join(saved)}"
+            )
+        check_matches(saved[key], abstract, f"{key} at step {step} of {directory(workdir)}")
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            **{STATE: ocp.args.PyTreeRestore(target, restore_args, partial_restore=True)}
+        ),
+    )[STATE]
+    mngr.close()
+    return {key: restored[key] for key in target}
+
+
+def check_matches(saved, expected, what: str) -> None:
+    """Raises CheckpointError listing every missing, unexpected or reshaped leaf."""
+    saved_leaves = _shapes(saved)
+    expected_leaves = _shapes(expected)
+    problems = []
+    for path in sorted(expected_leaves.keys() - saved_leaves.keys()):
+        problems.append(f"missing {path} {expected_leaves[path]}")
+    for path in sorted(saved_leaves.keys() - expected_leaves.keys()):
+        problems.append(f"unexpected {path} {saved_leaves[path]}")
+    for path in sorted(saved_leaves.keys() & expected_leaves.keys()):
+        if saved_leaves[path] != expected_leaves[path]:
+            problems.append(f"shape {path}: saved {saved_leaves[path]}, expected {expected_leaves[path]}")
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise CheckpointError(f"{what} does not match the model ({len(problems)} differences): {shown}")
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+        out[name] = tuple(getattr(leaf, "shape", ()))
+    return out
+
+
+def digest(tree) -> tuple[int, str]:
+    """(parameter count, sha256 over sorted names, dtypes, shapes and bytes) of an array tree."""
+    h = hashlib.sha256()
+    count = 0
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        count += array.size
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(f"{array.dtype}{array.shape}".encode())
+        h.update(array.tobytes())
+    return count, h.hexdigest()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m vrl.checkpoint WORKDIR", file=sys.stderr)
+        return 2
+    workdir = argv[1]
+    mngr = manager(workdir, read_only=True)
+    steps = sorted(mngr.all_steps())
+    if not steps:
+        print(f"no checkpoint in {directory(workdir)}", file=sys.stderr)
+        return 1
+    print(f"{'step':>10}  {'parameters':>12}  sha256(params)")
+    for step in steps:
+        meta = tree_metadata(mngr, step)
+        params_meta = meta["params"]
+        abstract = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), params_meta)
+        params = restore_partial(workdir, step, {"params": abstract})["params"]
+        count, sha = digest(params)
+        print(f"{step:>10}  {count:>12,}  {sha}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

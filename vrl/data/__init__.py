@@ -1,0 +1,2 @@
+"""Data sources, clip sampling, augmentation, masks and the Grain pipeline."""
+

@@ -1,0 +1,268 @@
+"""The Grain input pipeline: source -> shuffle -> repeat -> per-process slice -> ops -> batch.
+
+Ops are composed from a big_vision-style string, `"cvrl_clips(frames=16, stride=2)|flip|..."`.
+Temporal ops (they choose frame indices) run first, then the source decodes only those frames,
+then spatial ops, then mask ops. Everything random comes from Grain's per-index rng, and the
+rng of an example depends on its *global* position, so a run on 2 processes sees exactly the
+examples and augmentations of the same run on 1 process, and a restored iterator continues
+exactly where it was saved.
+
+A record that fails to decode is replaced by another one drawn deterministically from the same
+rng, counted in `data/skipped` and named in `data/bad_ids`; the trainer turns those into metrics
+and stops once they exceed `config.data.max_skip_fraction`.
+"""
+
+import ast
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import logging
+
+from vrl import config as config_lib
+from vrl import registry
+from vrl.data import sources
+
+Op = Callable[[dict, np.random.Generator], dict]
+# Keys that describe the pipeline itself; they never reach the device.
+HOST_KEYS = ("data/skipped", "data/bad_ids", "id")
+_MAX_REPLACEMENTS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """`config.data`: where clips come from and how they are made."""
+
+    source: dict = dataclasses.field(default_factory=lambda: {"name": "synthetic"})
+    train_split: str = "train"
+    test_split: str = "test"
+    train_pp: str = "uniform_clip(frames=16, stride=2)|random_resized_crop(size=112)|flip"
+    test_pp: str = "center_clip(frames=16, stride=2)|resize_short(size=128)|center_crop(size=112)"
+    batch_size: int = 64
+    # Clips drawn from each decoded video per step (VideoMAE V2 / MAE-ST repeated sampling).
+    repeated_samples: int = 1
+    num_workers: int = 0
+    prefetch: int = 2
+    # Stop when more than this fraction of decoded videos were unreadable (after 100 videos).
+    max_skip_fraction: float = 0.05
+
+
+def make_source(cfg: DataConfig, split: str) -> sources.Source:
+    return config_lib.component("source", {**cfg.source, "split": split}, "config.data.source")
+
+
+def parse_pp(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """`"a(x=1, y=(2, 3))|b"` -> [("a", {"x": 1, "y": (2, 3)}), ("b", {})]."""
+    ops = []
+    for part in filter(None, (p.strip() for p in spec.split("|"))):
+        try:
+            call = ast.parse(part if "(" in part else part + "()", mode="eval").body
+            if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name) or call.args:
+                raise ValueError("expected name(key=value, ...)")
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+        except (SyntaxError, ValueError) as e:
+            raise config_lib.ConfigError(f"op {part!r}: cannot parse ({e})") from None
+        ops.append((call.func.id, kwargs))
+    return ops
+
+
+def make_ops(spec: str, path: str) -> list[tuple[str, Op]]:
+    """(stage, op) for each op of a pp string, validated against the registry; order checked."""
+    out = []
+    order = {"temporal": 0, "spatial": 1, "mask": 2}
+    for name, kwargs in parse_pp(spec):
+        try:
+            factory = registry.get("transform", name)
+        except registry.UnknownNameError as e:
+            raise config_lib.ConfigError(f"{path}: {e}") from None
+        try:
+            op = config_lib.instantiate(factory, kwargs, f"{path}[{name}]")
+        except config_lib.ConfigError:
+            raise
+        except ValueError as e:  # a factory rejecting its arguments
+            raise config_lib.ConfigError(f"{path}[{name}]: {e}") from None
+        stage = getattr(factory, "stage", "spatial")
+        if out and order[stage] < order[out[-1][0]]:
+            raise config_lib.ConfigError(
+                f"{path}: {stage} op {name!r} after a {out[-1][0]} op; "
+                "order is temporal ops, then spatial ops, then mask ops"
+            )
+        out.append((stage, op))
+    if not any(stage == "temporal" for stage, _ in out):
+        raise config_lib.ConfigError(f"{path}: needs a temporal op first (e.g. uniform_clip)")
+    return out
+
+
+class ExampleMaker:
+    """record index + rng -> one training/eval example (or `repeats` stacked examples)."""
+
+    def __init__(self, source: sources.Source, ops: Sequence[tuple[str, Op]], repeats: int = 1):
+        self.source = source
+        self.temporal = [op for stage, op in ops if stage == "temporal"]
+        self.after = [op for stage, op in ops if stage != "temporal"]
+        self.repeats = repeats
+        self._warned: set[str] = set()
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict:
+        skipped, bad = 0, []
+        index = int(index)
+        for _ in range(_MAX_REPLACEMENTS + 1):
+            record = self.source[index]
+            try:
+                examples = self.make(record, rng)
+            except sources.DecodeError as e:
+                skipped += 1
+                bad.append(str(record.get("id", index)))
+                if bad[-1] not in self._warned:
+                    self._warned.add(bad[-1])
+                    logging.warning("Skipping unreadable video %s: %s", bad[-1], e)
+                index = int(rng.integers(len(self.source)))
+                continue
+            # Counted once per decoded video (on its first repeat).
+            for i, example in enumerate(examples):
+                example["data/skipped"] = np.int32(skipped if i == 0 else 0)
+                example["data/bad_ids"] = np.asarray(";".join(bad) if i == 0 else "")
+            if self.repeats == 1:
+                return examples[0]
+            return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        raise sources.DecodeError(
+            f"{_MAX_REPLACEMENTS + 1} videos in a row failed to decode, last: {', '.join(bad[-5:])}"
+        )
+
+    def make(self, record: dict, rng: np.random.Generator) -> list[dict]:
+        drafts = []
+        for _ in range(self.repeats):
+            draft = dict(record)
+            for op in self.temporal:
+                draft = op(draft, rng)
+            drafts.append(draft)
+        # One decode call for all repeats, so a video is opened and read once.
+        indices = np.concatenate([d["frame_indices"] for d in drafts], axis=0)
+        video = self.source.decode(record, indices)
+        examples, start = [], 0
+        for draft in drafts:
+            views = draft["frame_indices"].shape[0]
+            example = _public(draft)
+            example["video"] = video[start : start + views]
+            start += views
+            for op in self.after:
+                example = op(example, rng)
+            examples.append(_finalize(example))
+        return examples
+
+
+def _public(draft: dict) -> dict:
+    """Keeps what should travel on: labels, clip metadata and `temporal/*` records."""
+    out = {"id": np.asarray(str(draft.get("id", "")))}
+    for name, value in (draft.get("labels") or {}).items():
+        out[f"label/{name}"] = np.asarray(value, np.int32)
+    for key, value in draft.items():
+        if key.startswith("temporal/"):
+            out[key] = np.asarray(value)
+    return out
+
+
+def _finalize(example: dict) -> dict:
+    """Drops the view axis of single-view clips: video [T, H, W, 3], else [V, T, H, W, 3]."""
+    video = example["video"]
+    if video.shape[0] == 1:
+        example["video"] = video[0]
+    return example
+
+
+class _ProcessBlocks(grain.MapDataset):
+    """This process's part of each global batch, so N processes see what 1 process would."""
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+        super().__init__(parent)
+        self._local = global_batch // count
+        self._global = global_batch
+        self._offset = index * self._local
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._global * self._local
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        step, within = divmod(index, self._local)
+        return self._parent[step * self._global + self._offset + within]
+
+
+def train_dataset(
+    cfg: DataConfig,
+    *,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    extra_ops: Sequence[tuple[str, Op]] = (),
+) -> grain.IterDataset:
+    """Infinite, shuffled, augmented batches of `batch_size // process_count` examples."""
+    source = make_source(cfg, cfg.train_split)
+    ops = make_ops(cfg.train_pp, "config.data.train_pp") + list(extra_ops)
+    maker = ExampleMaker(source, ops, cfg.repeated_samples)
+    if cfg.batch_size % (process_count * cfg.repeated_samples):
+        raise config_lib.ConfigError(
+            f"config.data.batch_size={cfg.batch_size}: must divide by processes x "
+            f"repeated_samples = {process_count * cfg.repeated_samples}"
+        )
+    videos_per_batch = cfg.batch_size // cfg.repeated_samples
+    ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
+    ds = ds.random_map(maker)
+    ds = _ProcessBlocks(ds, videos_per_batch, process_index, process_count)
+    ds = ds.batch(videos_per_batch // process_count, drop_remainder=True)
+    if cfg.repeated_samples > 1:
+        ds = ds.map(_merge_repeats)
+    return _to_iter(ds, cfg)
+
+
+def eval_dataset(
+    cfg: DataConfig,
+    split: str,
+    *,
+    batch_size: int,
+    pp: str | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int = 0,
+) -> tuple[grain.IterDataset, int]:
+    """One pass over a split in order (padded to full batches; `valid` marks real examples)."""
+    source = make_source(cfg, split)
+    ops = make_ops(pp if pp is not None else cfg.test_pp, "config.data.test_pp")
+    maker = ExampleMaker(source, ops)
+    total = len(source)
+    padded = -(-total // batch_size) * batch_size
+    ds = grain.MapDataset.range(padded).seed(seed).random_map(
+        functools.partial(_padded_example, maker=maker, total=total)
+    )
+    ds = _ProcessBlocks(ds, batch_size, process_index, process_count)
+    ds = ds.batch(batch_size // process_count, drop_remainder=True)
+    return _to_iter(ds, cfg), total
+
+
+def _padded_example(index: int, rng: np.random.Generator, *, maker: ExampleMaker, total: int):
+    example = maker(min(index, total - 1), rng)
+    example["valid"] = np.asarray(index < total)
+    return example
+
+
+def _merge_repeats(batch: dict) -> dict:
+    return {k: v.reshape((-1, *v.shape[2:])) for k, v in batch.items()}
+
+
+def _to_iter(ds: grain.MapDataset, cfg: DataConfig) -> grain.IterDataset:
+    threads = 1 if cfg.prefetch > 0 and cfg.num_workers == 0 else 0
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=cfg.prefetch))
+    if cfg.num_workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+    return it
+
+
+def split_host_keys(batch: dict) -> tuple[dict, dict]:
+    """(device part, host part): strings and pipeline bookkeeping stay on the host."""
+    host = {k: batch[k] for k in batch if k in HOST_KEYS}
+    device = {k: v for k, v in batch.items() if k not in HOST_KEYS}
+    return device, host

@@ -1,0 +1,537 @@
+r"""Video files + manifest CSV -> a TFDS dataset in ArrayRecord format (the `tfds` source).
+
+    python -m vrl.data.prepare --videos=ROOT --manifest=manifests/{split}.csv --name=NAME \
+        --split=train,test --out=DATA_DIR [--store=video|frames] [--short_side=N] [--fps=F]
+
+A process pool transcodes the inputs while the TFDS builder writes them. Each finished input
+is cached in a work directory (default DATA_DIR/_work/NAME), so a re-run after a crash or
+an interruption skips everything already done. Unreadable or truncated inputs are left out
+and listed in a summary (and in WORK/failed_<split>.csv) instead of stopping the run.
+
+`--store=video` keeps encoded video: the original bytes when neither --short_side nor --fps
+is given, else an H.264 re-encode (CRF --crf, a keyframe every second so clips seek fast).
+`--store=frames` keeps JPEG frames (quality --jpeg_quality). Every split of a dataset is
+written in one run: list them all in --split (the manifest's "{split}" is replaced by each).
+
+`--make_manifest=kinetics|ucf101|hmdb51` converts the official annotation files into
+manifests instead (see docs/DATA.md).
+"""
+
+import csv
+import dataclasses
+import fractions
+import glob
+import hashlib
+import io
+import itertools
+import multiprocessing
+import os
+import pickle
+import re
+import time
+import types
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from typing import Any, Literal
+
+import av
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import app, flags, logging
+
+from vrl.data import decode, sources
+
+VERSION = "1.0.0"
+X264_PRESET = "fast"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_LOG_EVERY_S = 10.0
+_SHOWN = 20  # failures listed in the log summary (all of them go to the CSV)
+
+Store = Literal["video", "frames"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How each input is stored; part of the cache key, so changing any of them redoes work."""
+
+    store: Store = "video"
+    short_side: int | None = None
+    fps: float | None = None
+    jpeg_quality: int = 90
+    crf: int = 23
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    path: str  # absolute
+    id: str  # path relative to the video root, unique within a split
+    label: int | None
+    cache: str  # where the finished item is (or will be) stored
+    options: Options
+
+
+@dataclasses.dataclass
+class SplitSummary:
+    examples: int = 0
+    transcoded: int = 0
+    cached: int = 0
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (id, reason)
+
+
+# --- one input -> one example (runs in worker processes) ---------------------------------------
+
+
+def encode_item(path: str, options: Options) -> dict[str, Any]:
+    """The stored form of one video: {"video": bytes} or {"frames": [jpeg]}, num_frames, fps.
+
+    Raises DecodeError for unreadable inputs and for truncated ones (fewer decodable frames
+    than the headers declare), so a dataset never holds a silently shortened video.
+    """
+    info = decode.probe(path, options.fps)
+    if options.store == "video" and options.short_side is None and options.fps is None:
+        with open(path, "rb") as f:
+            data = f.read()
+        decode.decode_frames(data, np.array([0, info.num_frames - 1]), name=path)  # readable?
+        return {"video": data, "num_frames": info.num_frames, "fps": info.fps}
+    frames = decode.iter_frames(path, fps=options.fps, short_side=options.short_side)
+    if options.store == "frames":
+        stored = [_jpeg(frame, options.jpeg_quality) for frame in frames]
+        count, data = len(stored), stored
+    else:
+        data, count = _h264(frames, info.fps, options.crf)
+    if count < info.num_frames:
+        raise sources.DecodeError(
+            f"{path}: truncated: {count} of {info.num_frames} frames decodable"
+        )
+    if options.store == "frames":
+        return {"frames": data, "num_frames": count, "fps": info.fps}
+    encoded = decode.probe(data, name=path)
+    return {"video": data, "num_frames": encoded.num_frames, "fps": encoded.fps}
+
+
+def _jpeg(frame: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _h264(frames: Iterator[np.ndarray], fps: float, crf: int) -> tuple[bytes, int]:
+    """MP4/H.264 bytes of RGB frames at `fps`; dimensions rounded to even (yuv420p needs it)."""
+    rate = fractions.Fraction(fps).limit_denominator(1001)
+    buffer = io.BytesIO()
+    count = 0
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.options = {"crf": str(crf), "preset": X264_PRESET}
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = max(1, round(fps))
+        for frame in frames:
+            height, width = frame.shape[:2]
+            even = (max(2, width // 2 * 2), max(2, height // 2 * 2))
+            if count == 0:
+                stream.width, stream.height = even
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture = picture.reformat(width=even[0], height=even[1], format="yuv420p")
+            picture.pts = count
+            container.mux(stream.encode(picture))
+            count += 1
+        if count:
+            container.mux(stream.encode(None))
+    return buffer.getvalue(), count
+
+
+def _run_task(task: _Task) -> tuple[_Task, str, str]:
+    """(task, "cached" | "transcoded" | "failed", reason); never raises, so the pool survives."""
+    if os.path.exists(task.cache):
+        return task, "cached", ""
+    try:
+        item = encode_item(task.path, task.options)
+    except (sources.DecodeError, OSError, ValueError, av.FFmpegError) as e:
+        return task, "failed", str(e)
+    item.update(id=task.id, label=task.label)
+    os.makedirs(os.path.dirname(task.cache), exist_ok=True)
+    partial = f"{task.cache}.{os.getpid()}.tmp"
+    with open(partial, "wb") as f:
+        pickle.dump(item, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(partial, task.cache)  # atomic: a killed run never leaves a half item
+    return task, "transcoded", ""
+
+
+# --- the TFDS builder --------------------------------------------------------------------------
+
+
+class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Writes prepared videos; subclassed per dataset name by `_builder_class`."""
+
+    VERSION = tfds.core.Version(VERSION)
+
+    def __init__(self, *, tasks, options, classes, workers, summary, **kwargs):
+        self._tasks: dict[str, list[_Task]] = tasks
+        self._options: Options = options
+        self._classes: list[str] | None = classes
+        self._workers: int = workers
+        self._summary: dict[str, SplitSummary] = summary
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        blob = tfds.features.Tensor(shape=(), dtype=np.object_)
+        features = {
+            "id": blob,
+            "num_frames": tfds.features.Tensor(shape=(), dtype=np.int64),
+            "fps": tfds.features.Tensor(shape=(), dtype=np.float32),
+        }
+        if self._options.store == "video":
+            features["video"] = blob
+        else:
+            features["frames"] = tfds.features.Sequence(blob)
+        if self._classes is not None:
+            features["label"] = tfds.features.ClassLabel(names=self._classes)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Videos prepared by vrl.data.prepare.",
+            features=tfds.features.FeaturesDict(features),
+            metadata=tfds.core.MetadataDict(dataclasses.asdict(self._options)),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        return {split: self._generate_examples(split) for split in self._tasks}
+
+    def _generate_examples(self, split: str):
+        summary = self._summary[split]
+        for task, status, reason in _run_pool(self._tasks[split], self._workers, split):
+            if status == "failed":
+                summary.failed.append((task.id, reason))
+                continue
+            setattr(summary, status, getattr(summary, status) + 1)
+            with open(task.cache, "rb") as f:
+                item = pickle.load(f)
+            example = {
+                "id": item["id"].encode("utf-8"),
+                "num_frames": item["num_frames"],
+                "fps": item["fps"],
+            }
+            if self._options.store == "video":
+                example["video"] = item["video"]
+            else:
+                example["frames"] = item["frames"]
+            if self._classes is not None:
+                example["label"] = item["label"]
+            summary.examples += 1
+            yield task.id, example
+
+
+def _builder_class(name: str) -> type:
+    """A builder class named `name` (TFDS takes the dataset name from the class)."""
+    body = lambda namespace: namespace.update(name=name)
+    return types.new_class("PreparedVideos", (_VideoBuilder,), {"skip_registration": True}, body)
+
+
+def _run_pool(tasks: Sequence[_Task], workers: int, split: str):
+    """Yields (task, status, reason) as inputs finish, logging progress with an ETA.
+
+    At most 4 tasks per worker are in flight, so a huge split never queues all its futures;
+    a worker that dies raises BrokenProcessPool instead of hanging the run.
+    """
+    started = last_log = time.monotonic()
+    done = failed = 0
+    for task, status, reason in _results(tasks, workers):
+        done += 1
+        failed += status == "failed"
+        now = time.monotonic()
+        if now - last_log > _LOG_EVERY_S or done == len(tasks):
+            rate = done / max(now - started, 1e-9)
+            eta = (len(tasks) - done) / max(rate, 1e-9)
+            logging.info(
+                "%s: %d/%d inputs (%d failed), %.1f/s, ETA %.0f s",
+                split, done, len(tasks), failed, rate, eta,
+            )  # fmt: skip
+            last_log = now
+        yield task, status, reason
+
+
+def _results(tasks: Sequence[_Task], workers: int):
+    if workers <= 1:
+        yield from map(_run_task, tasks)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+    pending = iter(tasks)
+    with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        running = {pool.submit(_run_task, t) for t in itertools.islice(pending, 4 * workers)}
+        while running:
+            finished, running = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
+                for task in itertools.islice(pending, 1):
+                    running.add(pool.submit(_run_task, task))
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def prepare(
+    videos: str,
+    manifest: str,
+    name: str,
+    splits: Sequence[str],
+    out: str,
+    *,
+    options: Options = Options(),
+    workers: int | None = None,
+    work_dir: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> dict[str, SplitSummary]:
+    """Builds dataset `name` in `out` from the manifests of `splits`; returns a summary per split.
+
+    Returns an empty dict when the dataset already exists with every requested split.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"--name={name!r}: use lower_snake_case (letters, digits, _)")
+    if not os.path.isdir(videos):
+        raise FileNotFoundError(f"--videos={videos} is not a directory")
+    if options.store not in ("video", "frames"):
+        raise ValueError(f"--store={options.store!r}; allowed: video, frames")
+    work_dir = work_dir or os.path.join(out, "_work", name)
+    existing = os.path.join(out, name, VERSION, "dataset_info.json")
+    if os.path.exists(existing):
+        have = tfds.builder_from_directory(os.path.dirname(existing)).info.splits.keys()
+        missing = [s for s in splits if s not in have]
+        if not missing:
+            logging.info("%s already prepared in %s with splits %s", name, out, sorted(have))
+            return {}
+        raise FileExistsError(
+            f"{os.path.dirname(existing)} exists with splits {sorted(have)} but not {missing}: "
+            f"delete it and run again listing every split (--split=...); finished items in "
+            f"{work_dir} are reused"
+        )
+    rows = {s: sources.read_manifest(_manifest_path(manifest, s, videos)) for s in splits}
+    for split, split_rows in rows.items():
+        where = f"manifest for split {split!r}"
+        sources.check_extensions([r.path for r in split_rows], sources.VIDEO_EXTENSIONS, where)
+        sources.check_exist(videos, [r.path for r in split_rows], where)
+    labelled = [split for split, split_rows in rows.items() if split_rows[0].label is not None]
+    if labelled and len(labelled) != len(rows):
+        raise ValueError(f"splits {labelled} have labels but others do not: label all or none")
+    names = lookup = None
+    if labelled:
+        all_labels = [r.label for split_rows in rows.values() for r in split_rows]
+        names, lookup = sources.class_names(all_labels, classes, f"manifests {manifest}")
+    key = hashlib.sha1(repr(dataclasses.astuple(options)).encode()).hexdigest()[:8]
+    tasks = {
+        split: [
+            _Task(
+                path=os.path.join(videos, r.path),
+                id=r.path,
+                label=None if lookup is None else lookup[r.label],
+                cache=_cache_path(work_dir, key, videos, r.path),
+                options=options,
+            )
+            for r in split_rows
+        ]
+        for split, split_rows in rows.items()
+    }
+    for split, split_tasks in tasks.items():
+        duplicates = len(split_tasks) - len({t.id for t in split_tasks})
+        if duplicates:
+            raise ValueError(f"manifest for split {split!r} lists {duplicates} path(s) twice")
+    summary = {split: SplitSummary() for split in splits}
+    builder = _builder_class(name)(
+        tasks=tasks,
+        options=options,
+        classes=names,
+        workers=workers or os.cpu_count() or 1,
+        summary=summary,
+        data_dir=out,
+        file_format="array_record",
+    )
+    builder.download_and_prepare(
+        download_dir=os.path.join(work_dir, "downloads"),
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+    )
+    _report(summary, name, out, work_dir)
+    return summary
+
+
+def _manifest_path(manifest: str, split: str, videos: str) -> str:
+    """The manifest as given (cwd or absolute), else relative to the video root."""
+    path = manifest.replace("{split}", split)
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    return os.path.join(videos, path)
+
+
+def _cache_path(work_dir: str, options_key: str, videos: str, rel: str) -> str:
+    """Keyed by input path, size, mtime and options: a changed input or option is redone."""
+    full = os.path.join(videos, rel)
+    stat = os.stat(full)
+    digest = hashlib.sha1(f"{rel}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return os.path.join(work_dir, "items", options_key, digest[:2], f"{digest}.pkl")
+
+
+def _report(summary: dict[str, SplitSummary], name: str, out: str, work_dir: str) -> None:
+    for split, s in summary.items():
+        logging.info(
+            "%s/%s: %d examples (%d transcoded now, %d from the work dir), %d failed",
+            name, split, s.examples, s.transcoded, s.cached, len(s.failed),
+        )  # fmt: skip
+        if not s.failed:
+            continue
+        path = os.path.join(work_dir, f"failed_{split}.csv")
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "reason"])
+            writer.writerows(sorted(s.failed))
+        for video, reason in sorted(s.failed)[:_SHOWN]:
+            logging.warning("  skipped %s: %s", video, reason)
+        more = f" ({len(s.failed) - _SHOWN} more)" if len(s.failed) > _SHOWN else ""
+        logging.warning("%s/%s: %d unreadable input(s)%s, listed in %s", name, split,
+                        len(s.failed), more, path)  # fmt: skip
+    logging.info("wrote %s: read it with the source {name: 'tfds', name: %r, data_dir: %r}",
+                 name, name, out)  # fmt: skip
+
+
+def read_classes(path: str) -> list[str]:
+    """Class names, one per line; a leading index ("1 ApplyEyeMakeup": classInd.txt) is dropped."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return [re.sub(r"^\d+\s+", "", line) for line in lines]
+
+
+# --- manifests from official annotation files -----------------------------------------------------
+
+
+def kinetics_manifest(annotations: str, videos: str, manifest: str) -> dict[str, int]:
+    """CVDF Kinetics CSV (label,youtube_id,time_start,time_end,split) -> manifest(s).
+
+    Files are `{youtube_id}_{start:06d}_{end:06d}.mp4` under `videos`. Rows whose video is
+    missing (removed from YouTube) are left out and counted. Returns rows written per split.
+    """
+    present = set(os.listdir(videos))
+    out: dict[str, list[sources.ManifestRow]] = {}
+    missing: dict[str, int] = {}
+    with open(annotations, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            start, end = int(row["time_start"]), int(row["time_end"])
+            file = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
+            split = row.get("split") or "train"
+            if file not in present:
+                missing[split] = missing.get(split, 0) + 1
+                continue
+            out.setdefault(split, []).append(sources.ManifestRow(file, row.get("label") or None))
+    return _write_manifests(out, manifest, missing)
+
+
+def ucf101_manifest(splits_dir: str, videos: str, manifest: str, fold: int) -> dict[str, int]:
+    """UCF101 `ucfTrainTestlist/{train,test}list0{fold}.txt` -> train/test manifests."""
+    out: dict[str, list[sources.ManifestRow]] = {}
+    missing: dict[str, int] = {}
+    for split in ("train", "test"):
+        with open(os.path.join(splits_dir, f"{split}list0{fold}.txt"), encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                rel = line.split()[0]
+                if not os.path.exists(os.path.join(videos, rel)):
+                    missing[split] = missing.get(split, 0) + 1
+                    continue
+                out.setdefault(split, []).append(sources.ManifestRow(rel, rel.split("/")[0]))
+    return _write_manifests(out, manifest, missing)
+
+
+def hmdb51_manifest(splits_dir: str, videos: str, manifest: str, fold: int) -> dict[str, int]:
+    """HMDB51 `testTrainMulti_7030_splits/<class>_test_split{fold}.txt` -> train/test manifests.
+
+    In those files 1 marks a training video, 2 a test video, 0 a video the split leaves out.
+    """
+    out: dict[str, list[sources.ManifestRow]] = {}
+    missing: dict[str, int] = {}
+    pattern = os.path.join(splits_dir, f"*_test_split{fold}.txt")
+    for path in sorted(glob.glob(pattern)):
+        label = os.path.basename(path)[: -len(f"_test_split{fold}.txt")]
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) != 2 or parts[1] not in ("1", "2"):
+                    continue
+                split = "train" if parts[1] == "1" else "test"
+                rel = f"{label}/{parts[0]}"
+                if not os.path.exists(os.path.join(videos, rel)):
+                    missing[split] = missing.get(split, 0) + 1
+                    continue
+                out.setdefault(split, []).append(sources.ManifestRow(rel, label))
+    if not out:
+        raise FileNotFoundError(f"no HMDB51 split files match {pattern}")
+    return _write_manifests(out, manifest, missing)
+
+
+def _write_manifests(rows, manifest: str, missing: dict[str, int]) -> dict[str, int]:
+    if len(rows) > 1 and "{split}" not in manifest:
+        raise ValueError(f"--manifest={manifest} needs a '{{split}}' for splits {sorted(rows)}")
+    written = {}
+    for split, split_rows in sorted(rows.items()):
+        path = manifest.replace("{split}", split)
+        written[split] = sources.write_manifest(path, split_rows)
+        logging.info("%s: %d videos (%d listed but missing)", path, written[split],
+                     missing.get(split, 0))  # fmt: skip
+    return written
+
+
+# --- flags ---------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Flags exist only when this module runs as the program, so importing it defines none."""
+    flags.DEFINE_string("videos", None, "Root of the videos; manifest paths are relative to it.")
+    flags.DEFINE_string("manifest", None, "Manifest CSV; '{split}' is replaced by each split.")
+    flags.DEFINE_string("name", None, "Dataset name, lower_snake_case.")
+    flags.DEFINE_list("split", ["train"], "Split name(s), comma-separated; written in one run.")
+    flags.DEFINE_string("out", None, "TFDS data directory to write into.")
+    flags.DEFINE_enum("store", "video", ["video", "frames"], "Encoded video, or JPEG frames.")
+    flags.DEFINE_integer("short_side", None, "Resize so the shorter side has this many pixels.")
+    flags.DEFINE_float("fps", None, "Resample to this frame rate (default: the native rate).")
+    flags.DEFINE_integer("workers", None, "Worker processes (default: every CPU core).")
+    flags.DEFINE_string("work_dir", None, "Cache of finished items (default OUT/_work/NAME).")
+    flags.DEFINE_string("classes", None, "Class names, one per line ('1 Name' lines work too).")
+    flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality for --store=frames.")
+    flags.DEFINE_integer("crf", 23, "H.264 constant rate factor when re-encoding (lower: better).")
+    flags.DEFINE_enum(
+        "make_manifest", None, ["kinetics", "ucf101", "hmdb51"],
+        "Write manifests from official annotation files instead of preparing a dataset.",
+    )  # fmt: skip
+    flags.DEFINE_string(
+        "annotations", None, "--make_manifest input: Kinetics CSV, or UCF101/HMDB51 split dir."
+    )
+    flags.DEFINE_integer("fold", 1, "UCF101/HMDB51 split number (1-3).")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    required = ["videos", "manifest"] + ([] if FLAGS.make_manifest else ["name", "out"])
+    if FLAGS.make_manifest:
+        required.append("annotations")
+    absent = [f"--{f}" for f in required if not getattr(FLAGS, f)]
+    if absent:
+        raise app.UsageError(f"missing {', '.join(absent)}")
+    if FLAGS.make_manifest == "kinetics":
+        kinetics_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest)
+    elif FLAGS.make_manifest == "ucf101":
+        ucf101_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest, FLAGS.fold)
+    elif FLAGS.make_manifest == "hmdb51":
+        hmdb51_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest, FLAGS.fold)
+    else:
+        options = Options(FLAGS.store, FLAGS.short_side, FLAGS.fps, FLAGS.jpeg_quality, FLAGS.crf)
+        classes = read_classes(FLAGS.classes) if FLAGS.classes else None
+        prepare(
+            FLAGS.videos, FLAGS.manifest, FLAGS.name, FLAGS.split, FLAGS.out,
+            options=options, workers=FLAGS.workers, work_dir=FLAGS.work_dir, classes=classes,
+        )  # fmt: skip
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,2 @@
+"""Encoders and heads; each module registers its models by name."""
+

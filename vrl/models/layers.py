@@ -1,0 +1,204 @@
+"""Building blocks shared by every model: annotated parameters, activation constraints, inputs.
+
+Every parameter carries logical axis names so that the mesh rules in `vrl.sharding` decide how
+it is laid out (replicated, FSDP or tensor-parallel) without touching model code. The logical
+names used across models:
+
+  parameters   embed, mlp, heads, kv, conv_in, conv_out, classes, unsharded
+  activations  batch, length, act_embed, act_mlp, act_heads, act_kv
+
+`unsharded` marks small dimensions (kernel sizes, positions) that no rule ever splits.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ImageNet statistics: the normalisation used by every published video SSL recipe we follow.
+MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
+STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
+
+default_kernel_init = nn.initializers.lecun_normal()
+
+
+def to_model_input(video: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 (or [0, 1] float) video -> normalised `dtype` video, on device.
+
+    The pipeline ships uint8 to the accelerator (4x less host->device traffic) and this one
+    function turns it into model input, for training and probing alike.
+    """
+    if video.dtype == jnp.uint8:
+        video = video.astype(jnp.float32) / 255.0
+    video = (video.astype(jnp.float32) - MEAN_RGB) / STDDEV_RGB
+    return video.astype(dtype)
+
+
+def partitioned(init, axes: Sequence[str | None]):
+    """An initializer whose parameter carries logical axis names ("unsharded" -> None)."""
+    return nn.with_logical_partitioning(init, tuple(None if a == "unsharded" else a for a in axes))
+
+
+def dense(
+    features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    dtype=jnp.float32,
+    use_bias: bool = True,
+    kernel_init=default_kernel_init,
+    name: str | None = None,
+) -> nn.Dense:
+    """nn.Dense with logically partitioned kernel [in, out] and bias [out]."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=partitioned(kernel_init, axes),
+        bias_init=partitioned(nn.initializers.zeros_init(), (axes[1],)),
+        name=name,
+    )
+
+
+def layer_norm(axis: str = "embed", *, dtype=jnp.float32, epsilon: float = 1e-6, name=None):
+    """nn.LayerNorm with logically partitioned scale and bias."""
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=partitioned(nn.initializers.ones_init(), (axis,)),
+        bias_init=partitioned(nn.initializers.zeros_init(), (axis,)),
+        name=name,
+    )
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's layout by logical names (a no-op outside a mesh with rules)."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutional layers (R3D): kernels are [kt, kh, kw, in, out] with axes
+# ("unsharded", "unsharded", "unsharded", "conv_in", "conv_out").
+
+CONV_KERNEL_AXES = ("unsharded", "unsharded", "unsharded", "conv_in", "conv_out")
+ConvImpl = Literal["auto", "native", "sum2d"]
+
+# He initialisation (fan-out) keeps activation scale through deep ReLU networks.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """Resolves "auto": "sum2d" on CPU (XLA's 3-D convolution is slow there), else "native"."""
+    if impl not in ("auto", "native", "sum2d"):
+        raise ValueError(f"conv impl {impl!r} is not allowed; allowed: 'auto', 'native', 'sum2d'")
+    if impl == "auto":
+        return "sum2d" if jax.default_backend() == "cpu" else "native"
+    return impl
+
+
+def _conv2d(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, tuple(strides), tuple(pads), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def conv3d_sum2d(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    """3-D convolution as a sum of 2-D convolutions over the temporal kernel offsets.
+
+    x [B, T, H, W, C], kernel [kt, kh, kw, C, F], `pads` three (low, high) pairs. Mathematically
+    identical to the 3-D convolution; on CPU it is markedly faster forward and backward.
+    """
+    kt = kernel.shape[0]
+    st = strides[0]
+    x = jnp.pad(x, ((0, 0), tuple(pads[0]), (0, 0), (0, 0), (0, 0)))
+    batch, frames, height, width, channels = x.shape
+    t_out = (frames - kt) // st + 1
+    out = None
+    for dt in range(kt):
+        # Frames dt, dt + st, ...: the inputs that kernel slice dt sees for every output frame.
+        xs = jax.lax.slice_in_dim(x, dt, dt + st * (t_out - 1) + 1, stride=st, axis=1)
+        y = _conv2d(
+            xs.reshape(batch * t_out, height, width, channels), kernel[dt], strides[1:], pads[1:]
+        )
+        out = y if out is None else out + y
+    return out.reshape(batch, t_out, *out.shape[1:])
+
+
+def conv3d_native(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    """XLA's 3-D convolution (fast on GPU/TPU); temporal-kernel-1 convs become 2-D convs."""
+    if kernel.shape[0] == 1:
+        return conv3d_sum2d(x, kernel, strides, pads)
+    return jax.lax.conv_general_dilated(
+        x, kernel, tuple(strides), tuple(pads), dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )
+
+
+class Conv3D(nn.Module):
+    """'SAME'-padded 3-D convolution with one parameter layout for every implementation.
+
+    `impl` only changes how XLA is asked to compute it, so checkpoints move freely between a
+    CPU run ("sum2d") and an accelerator run ("native").
+    """
+
+    features: int
+    kernel_size: tuple[int, int, int]
+    strides: tuple[int, int, int] = (1, 1, 1)
+    use_bias: bool = False
+    impl: ConvImpl = "auto"
+    dtype: Any = jnp.float32
+    kernel_init: Callable = conv_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 5:
+            raise ValueError(f"Conv3D expects [B, T, H, W, C] input, got shape {x.shape}")
+        kernel = self.param(
+            "kernel",
+            partitioned(self.kernel_init, CONV_KERNEL_AXES),
+            (*self.kernel_size, x.shape[-1], self.features),
+            jnp.float32,
+        )
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        pads = jax.lax.padtype_to_pads(x.shape[1:4], self.kernel_size, self.strides, "SAME")
+        if resolve_conv_impl(self.impl) == "sum2d":
+            y = conv3d_sum2d(x, kernel, self.strides, pads)
+        else:
+            y = conv3d_native(x, kernel, self.strides, pads)
+        if self.use_bias:
+            bias = self.param(
+                "bias", partitioned(nn.initializers.zeros_init(), ("conv_out",)), (self.features,)
+            )
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+def batch_norm(
+    *,
+    train: bool,
+    axis: str = "conv_out",
+    dtype=jnp.float32,
+    zero_scale: bool = False,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    name: str | None = None,
+) -> nn.BatchNorm:
+    """nn.BatchNorm with logically partitioned scale/bias.
+
+    No `axis_name`: under jit the batch axis is global, so statistics already span every
+    device. `zero_scale` starts a residual branch as the identity (Goyal et al. 2017).
+    """
+    scale_init = nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init()
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=partitioned(scale_init, (axis,)),
+        bias_init=partitioned(nn.initializers.zeros_init(), (axis,)),
+        name=name,
+    )

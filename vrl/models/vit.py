@@ -1,0 +1,399 @@
+"""Video Vision Transformer: tubelet embedding, pre-norm blocks, optional TokenLearner.
+
+Masked objectives (VideoMAE, V-JEPA, SALT) pass `keep_idx`: the indices of visible tokens are
+*gathered* after the position embedding, so the blocks only ever see the kept tokens and the
+compute scales with the visible fraction. The `Block`, `Attention`, `Mlp` and
+`sincos_posemb_3d` defined here are reused by the decoder, predictor and attentive pooler.
+"""
+
+from typing import Any, Literal
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vrl import registry
+from vrl.models import layers, tokenlearner
+
+# size -> (width, depth, heads, mlp_dim)
+SIZES = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
+    "g": (1408, 40, 16, 6144),
+}
+
+RematPolicy = Literal["full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
+# "full" saves nothing inside a block: least memory, one extra forward in the backward pass.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+TOKEN_AXES = ("batch", "length", "act_embed")
+# Transformer weights follow the usual ViT initialisation (BERT / MAE).
+vit_kernel_init = nn.initializers.xavier_uniform()
+
+
+def sincos_posemb_3d(grid: tuple[int, int, int], dim: int) -> np.ndarray:
+    """Fixed 3-D sine-cosine position embedding [t*h*w, dim], rows in (t, h, w) order.
+
+    Half the channels encode time and a quarter each encode height and width (as in V-JEPA);
+    any channels left over when `dim` is not a multiple of 8 are zero.
+    """
+    dim_h = dim_w = 2 * (dim // 8)
+    dim_t = 2 * ((dim - dim_h - dim_w) // 2)
+
+    def one_axis(length: int, channels: int) -> np.ndarray:
+        if channels == 0:
+            return np.zeros((length, 0), np.float64)
+        freqs = 1.0 / 10000 ** (np.arange(channels // 2, dtype=np.float64) / (channels // 2))
+        angles = np.arange(length, dtype=np.float64)[:, None] * freqs[None, :]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    t, h, w = grid
+    emb_t = one_axis(t, dim_t)[:, None, None, :]
+    emb_h = one_axis(h, dim_h)[None, :, None, :]
+    emb_w = one_axis(w, dim_w)[None, None, :, :]
+    parts = [
+        np.broadcast_to(emb_t, (t, h, w, dim_t)),
+        np.broadcast_to(emb_h, (t, h, w, dim_h)),
+        np.broadcast_to(emb_w, (t, h, w, dim_w)),
+        np.zeros((t, h, w, dim - dim_t - dim_h - dim_w)),
+    ]
+    return np.concatenate(parts, axis=-1).reshape(t * h * w, dim).astype(np.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head attention via `jax.nn.dot_product_attention` (fused kernels where available).
+
+    Self-attention by default; pass `context` for cross-attention (attentive pooler).
+    """
+
+    heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        context = x if context is None else context
+        width = x.shape[-1]
+        if width % self.heads:
+            raise ValueError(f"attention width {width} is not divisible by heads={self.heads}")
+        head_dim = width // self.heads
+
+        def einsum(name, shape, equation, kernel_axes, bias_axes, fan_in, fan_out):
+            # nn.Einsum creates the kernel at its full rank, so the logical names fit it.
+            init = nn.initializers.xavier_uniform(in_axis=fan_in, out_axis=fan_out)
+            return nn.Einsum(
+                shape,
+                equation,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=layers.partitioned(init, kernel_axes),
+                bias_init=layers.partitioned(nn.initializers.zeros_init(), bias_axes),
+                name=name,
+            )
+
+        def project(name: str, inputs: jax.Array) -> jax.Array:
+            layer = einsum(
+                name,
+                (width, self.heads, head_dim),
+                "...d,dhk->...hk",
+                ("embed", "heads", "kv"),
+                ("heads", "kv"),
+                0,
+                (1, 2),
+            )
+            return layers.constrain(layer(inputs), head_axes)
+
+        head_axes = ("batch", "length", "act_heads", "act_kv")
+        q, k, v = project("query", x), project("key", context), project("value", context)
+        out = layers.constrain(jax.nn.dot_product_attention(q, k, v), head_axes)
+        return einsum(
+            "out",
+            (self.heads, head_dim, width),
+            "...hk,hkd->...d",
+            ("heads", "kv", "embed"),
+            ("embed",),
+            (0, 1),
+            2,
+        )(out)
+
+
+class Mlp(nn.Module):
+    """Dense -> GELU -> Dense, the transformer feed-forward layer."""
+
+    hidden: int
+    out: int | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = self.out or x.shape[-1]
+        h = layers.dense(
+            self.hidden,
+            ("embed", "mlp"),
+            dtype=self.dtype,
+            kernel_init=vit_kernel_init,
+            name="fc1",
+        )(x)
+        h = layers.constrain(nn.gelu(h, approximate=False), ("batch", "length", "act_mlp"))
+        return layers.dense(
+            out, ("mlp", "embed"), dtype=self.dtype, kernel_init=vit_kernel_init, name="fc2"
+        )(h)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))).
+
+    Drop path removes a whole residual branch per example (Dropout broadcast over tokens and
+    channels), which needs a "dropout" rng when training with `drop_path > 0`.
+    """
+
+    heads: int
+    mlp_dim: int
+    drop_path: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train)
+        y = layers.layer_norm(dtype=self.dtype, name="norm1")(x)
+        x = x + drop(Attention(self.heads, dtype=self.dtype, name="attention")(y))
+        x = layers.constrain(x, TOKEN_AXES)
+        y = layers.layer_norm(dtype=self.dtype, name="norm2")(x)
+        x = x + drop(Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(y))
+        return layers.constrain(x, TOKEN_AXES)
+
+
+def block_class(remat: bool = False, policy: RematPolicy = "full") -> type[Block]:
+    """`Block`, or `Block` rematerialised per block with a named checkpoint policy."""
+    if not remat:
+        return Block
+    if policy not in REMAT_POLICIES:
+        allowed = ", ".join(repr(p) for p in REMAT_POLICIES)
+        raise ValueError(f"remat_policy {policy!r} is not allowed; allowed: {allowed}")
+    # static_argnums counts `self` as argument 0: `train` (argument 2) is a Python bool.
+    return nn.remat(Block, static_argnums=(2,), policy=REMAT_POLICIES[policy])
+
+
+class TubeletEmbed(nn.Module):
+    """Video -> tubelet tokens + position embedding, [B, t, h, w, D].
+
+    A tubelet embedding is a strided convolution with kernel = stride; written as a reshape and
+    a Dense it is the same maths and much faster on CPU. Learned position embeddings are stored
+    for `posemb_grid` (default: the grid of the clip used at init) and resized trilinearly when a
+    clip of another size comes in.
+    """
+
+    width: int
+    patch: tuple[int, int, int] = (2, 16, 16)
+    posemb: Literal["sincos", "learned"] = "sincos"
+    posemb_grid: tuple[int, int, int] | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, video: jax.Array) -> jax.Array:
+        grid = token_grid_of(video.shape[1:4], self.patch)
+        pt, ph, pw = self.patch
+        x = einops.rearrange(
+            video.astype(self.dtype),
+            "b (t pt) (h ph) (w pw) c -> b t h w (pt ph pw c)",
+            pt=pt,
+            ph=ph,
+            pw=pw,
+        )
+        x = layers.dense(
+            self.width,
+            ("unsharded", "embed"),
+            dtype=self.dtype,
+            kernel_init=vit_kernel_init,
+            name="projection",
+        )(x)
+        return x + self._position_embedding(grid).astype(x.dtype)
+
+    def _position_embedding(self, grid: tuple[int, int, int]) -> jax.Array:
+        if self.posemb == "sincos":
+            return jnp.asarray(sincos_posemb_3d(grid, self.width).reshape(*grid, self.width))
+        if self.posemb != "learned":
+            raise ValueError(f"posemb {self.posemb!r} is not allowed; allowed: 'sincos', 'learned'")
+        stored = tuple(self.posemb_grid or grid)
+        if self.has_variable("params", "posemb"):
+            # Parameters already exist (apply): their grid is whatever init stored.
+            stored = tuple(nn.unbox(self.get_variable("params", "posemb")).shape[:3])
+        table = self.param(
+            "posemb",
+            layers.partitioned(
+                nn.initializers.normal(0.02), ("unsharded", "unsharded", "unsharded", "embed")
+            ),
+            (*stored, self.width),
+            jnp.float32,
+        )
+        if stored != tuple(grid):
+            table = jax.image.resize(table, (*grid, self.width), method="trilinear")
+        return table
+
+
+def token_grid_of(clip: tuple[int, int, int], patch: tuple[int, int, int]) -> tuple[int, ...]:
+    """Tubelet grid of a (frames, height, width) clip; each must be a multiple of the patch."""
+    if any(c % p for c, p in zip(clip, patch)):
+        raise ValueError(
+            f"vit clip (frames, height, width)={tuple(clip)} is not divisible by "
+            f"patch={tuple(patch)}; choose a clip size that is a multiple of the patch"
+        )
+    return tuple(c // p for c, p in zip(clip, patch))
+
+
+@registry.register("model", "vit")
+class ViT(nn.Module):
+    """Video ViT encoder returning normalised tokens [B, N, D].
+
+    `size` picks the published width/depth/heads/MLP; `width`, `depth`, `heads`, `mlp_dim`
+    override it (tiny models for tests and CPU demos). With `tokenlearner_layer=L`, each frame's
+    h*w tokens are summarised into `tokenlearner_tokens` learned tokens after L blocks; with
+    `tokenfuser` every later block runs on the learned tokens and is fused back to the full grid.
+    """
+
+    size: Literal["Ti", "S", "B", "L", "H", "g"] = "B"
+    width: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    mlp_dim: int | None = None
+    patch: tuple[int, int, int] = (2, 16, 16)
+    posemb: Literal["sincos", "learned"] = "sincos"
+    posemb_grid: tuple[int, int, int] | None = None
+    drop_path: float = 0.0
+    remat: bool = False
+    remat_policy: RematPolicy = "full"
+    tokenlearner_layer: int | None = None
+    tokenlearner_tokens: int = 8
+    tokenlearner_version: Literal["1.1", "1.0"] = "1.1"
+    tokenfuser: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, video: jax.Array, *, train: bool, keep_idx=None) -> jax.Array:
+        width, depth, heads, mlp_dim = self.dims
+        self._check_tokenlearner(depth, keep_idx)
+        if video.ndim != 5:
+            raise ValueError(f"vit expects video [B, T, H, W, 3], got shape {video.shape}")
+        x = TubeletEmbed(
+            width, self.patch, self.posemb, self.posemb_grid, dtype=self.dtype, name="embed"
+        )(video)
+        batch, t, h, w, _ = x.shape
+        x = x.reshape(batch, t * h * w, width)
+        if keep_idx is not None:
+            x = gather_tokens(x, keep_idx)
+        x = layers.constrain(x, TOKEN_AXES)
+
+        block = block_class(self.remat, self.remat_policy)
+        rates = np.linspace(0.0, self.drop_path, depth)  # stochastic depth grows with depth
+        learner = None
+        for i in range(depth):
+            make_block = lambda i=i: block(
+                heads, mlp_dim, float(rates[i]), dtype=self.dtype, name=f"block{i}"
+            )
+            if self.tokenlearner_layer is None or i < self.tokenlearner_layer:
+                x = make_block()(x, train)
+            elif self.tokenfuser:
+                x = self._fused_block(x, make_block(), (t, h, w), i, train)
+            else:
+                if learner is None:
+                    learner = self._learner("tokenlearner")
+                    x = self._learn_tokens(learner, x, (t, h, w))
+                x = make_block()(x, train)
+        if self.tokenlearner_layer == depth and not self.tokenfuser:
+            x = self._learn_tokens(self._learner("tokenlearner"), x, (t, h, w))
+        x = layers.layer_norm(dtype=self.dtype, name="norm")(x)
+        return layers.constrain(x, TOKEN_AXES)
+
+    def _learner(self, name: str) -> nn.Module:
+        cls = (
+            tokenlearner.TokenLearnerV11
+            if self.tokenlearner_version == "1.1"
+            else tokenlearner.TokenLearnerV10
+        )
+        return cls(self.tokenlearner_tokens, dtype=self.dtype, name=name)
+
+    def _learn_tokens(self, learner: nn.Module, x: jax.Array, grid) -> jax.Array:
+        """[B, t*h*w, D] -> [B, t*S, D], S learned tokens per frame."""
+        t, h, w = grid
+        frames = x.reshape(x.shape[0], t, h, w, x.shape[-1])
+        return learner(frames).reshape(x.shape[0], t * self.tokenlearner_tokens, x.shape[-1])
+
+    def _fused_block(self, x: jax.Array, block: nn.Module, grid, i: int, train: bool):
+        """TokenLearner -> block on S tokens per frame -> TokenFuser back to h*w, + residual."""
+        t, h, w = grid
+        batch, _, dim = x.shape
+        learned = self._learn_tokens(self._learner(f"tokenlearner{i}"), x, grid)
+        learned = block(learned, train)
+        fused = tokenlearner.TokenFuser(dtype=self.dtype, name=f"tokenfuser{i}")(
+            learned.reshape(batch, t, self.tokenlearner_tokens, dim),
+            x.reshape(batch, t, h, w, dim),
+        )
+        return fused.reshape(batch, t * h * w, dim) + x
+
+    def _check_tokenlearner(self, depth: int, keep_idx) -> None:
+        layer = self.tokenlearner_layer
+        if layer is None:
+            return
+        if keep_idx is not None:
+            raise ValueError(
+                "vit with tokenlearner_layer set cannot take keep_idx: learned tokens mix every "
+                "position of a frame, so masked objectives need tokenlearner_layer=None"
+            )
+        last = depth - 1 if self.tokenfuser else depth
+        if not 0 <= layer <= last:
+            raise ValueError(
+                f"vit tokenlearner_layer={layer} must be in [0, {last}] (depth={depth})"
+            )
+        if self.tokenlearner_tokens < 1:
+            raise ValueError(
+                f"vit tokenlearner_tokens must be >= 1, got {self.tokenlearner_tokens}"
+            )
+
+    @property
+    def dims(self) -> tuple[int, int, int, int]:
+        """(width, depth, heads, mlp_dim) after applying the explicit overrides to `size`."""
+        if self.size not in SIZES:
+            allowed = ", ".join(repr(s) for s in SIZES)
+            raise ValueError(f"vit size {self.size!r} is not allowed; allowed: {allowed}")
+        width, depth, heads, mlp_dim = SIZES[self.size]
+        if self.width is not None:
+            width, mlp_dim = self.width, 4 * self.width  # a custom width keeps the 4x MLP
+        if self.mlp_dim is not None:
+            mlp_dim = self.mlp_dim
+        depth = self.depth if self.depth is not None else depth
+        heads = self.heads if self.heads is not None else heads
+        return width, depth, heads, mlp_dim
+
+    def pool(self, tokens: jax.Array) -> jax.Array:
+        """Mean over tokens: the clip vector [B, D]."""
+        return jnp.mean(tokens, axis=1)
+
+    def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Grid of output tokens; with TokenLearner (no fuser) it is (t, S, 1)."""
+        t, h, w = token_grid_of((frames, height, width), self.patch)
+        if self.tokenlearner_layer is not None and not self.tokenfuser:
+            return t, self.tokenlearner_tokens, 1
+        return t, h, w
+
+    @property
+    def output_dim(self) -> int:
+        return self.dims[0]
+
+
+def gather_tokens(tokens: jax.Array, keep_idx: jax.Array) -> jax.Array:
+    """tokens [B, N, D], keep_idx [B, K] int -> [B, K, D] (the kept tokens, in keep_idx order)."""
+    if keep_idx.ndim != 2 or keep_idx.shape[0] != tokens.shape[0]:
+        raise ValueError(
+            f"keep_idx must be [B, K] with B={tokens.shape[0]}, got shape {keep_idx.shape}"
+        )
+    if not jnp.issubdtype(keep_idx.dtype, jnp.integer):
+        raise ValueError(f"keep_idx must be an integer array, got dtype {keep_idx.dtype}")
+    return jnp.take_along_axis(tokens, keep_idx[..., None], axis=1)

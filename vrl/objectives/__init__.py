@@ -1,0 +1,2 @@
+"""Training objectives; each module registers its objective by name."""
+

@@ -1,0 +1,73 @@
+"""The contract between the trainer and every objective.
+
+The trainer knows nothing about any particular objective: it asks the objective for
+its variables, its loss and its post-step update, and hands it batches. An objective is a
+dataclass built from `config.objective` with the encoder module passed in, so its fields are
+its config schema (see `vrl.config`).
+
+Variables are split in two trees:
+  params  what the optimiser updates, e.g. {"encoder": ..., "head": ...}
+  extra   everything else that is state: batch-norm statistics {"batch_stats": ...},
+          an EMA target {"target": ...}, a frozen teacher {"teacher": ...}
+"""
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+# A numpy op the pipeline applies to each example: (example, rng) -> example.
+Op = Callable[[dict, Any], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """Shape of one view of a clip as the model sees it; lets objectives size their masks."""
+
+    frames: int
+    height: int
+    width: int
+    views: int = 1
+
+
+class Objective(abc.ABC):
+    """Base class; subclasses are dataclasses with an `encoder: nn.Module` field."""
+
+    encoder: nn.Module
+
+    def batch_ops(self, clip: ClipSpec) -> list[Op]:
+        """Extra pipeline ops (mask generation) appended after augmentation."""
+        return []
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array, batch: dict) -> tuple[PyTree, PyTree]:
+        """(params, extra) for a batch of the training shape; called under jax.eval_shape."""
+
+    @abc.abstractmethod
+    def loss(
+        self, params: PyTree, extra: PyTree, batch: dict, rng: jax.Array, train: bool
+    ) -> tuple[jax.Array, tuple[Metrics, PyTree]]:
+        """(scalar loss, (metrics, new extra)); `extra` may change (batch statistics)."""
+
+    def update_extra(self, extra: PyTree, params: PyTree, step: jax.Array) -> PyTree:
+        """After each optimiser step (EMA target update); identity by default."""
+        return extra
+
+    def encoder_variables(self, params: PyTree, extra: PyTree, which: str = "encoder") -> PyTree:
+        """Variables for `self.encoder.apply`: the online encoder, or e.g. "target"/"teacher"."""
+        if which != "encoder":
+            raise ValueError(f"objective has no {which!r} encoder; allowed: encoder")
+        variables = {"params": params["encoder"]}
+        stats = extra.get("batch_stats", {}).get("encoder") if extra else None
+        if stats:
+            variables["batch_stats"] = stats
+        return variables
+
+    def encoders(self) -> tuple[str, ...]:
+        """Names accepted by `encoder_variables` (what a probe may measure)."""
+        return ("encoder",)

@@ -1,0 +1,108 @@
+"""CVRL: contrastive learning between two clips of one video (Qian et al., CVPR 2021).
+
+Both views go through the encoder in one batch (batch norm sees both), a projection MLP maps
+pooled features to 128-d unit vectors, and the symmetric NT-Xent loss treats every other clip of
+the *global* batch as a negative. The loss is written over the global batch; under jit with a
+sharded batch the compiler inserts the all-gathers, so negatives come from every device.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vrl import registry
+from vrl.config import ConfigError
+from vrl.models import heads, layers
+from vrl.objectives import base
+
+
+def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """(loss, top-1 accuracy of finding the positive) for L2-normalised views z1, z2 [B, D].
+
+    Each of the 2B clips must pick its partner among the other 2B - 1 clips.
+    """
+    z = jnp.concatenate([z1, z2], axis=0).astype(jnp.float32)
+    n = z.shape[0]
+    logits = (z @ z.T) / temperature
+    logits = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, logits)
+    partner = jnp.concatenate([jnp.arange(n // 2) + n // 2, jnp.arange(n // 2)])
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    loss = -jnp.take_along_axis(log_probs, partner[:, None], axis=-1).mean()
+    accuracy = (jnp.argmax(logits, axis=-1) == partner).mean()
+    return loss, accuracy
+
+
+@registry.register("objective", "cvrl")
+@dataclasses.dataclass(frozen=True)
+class CVRL(base.Objective):
+    encoder: nn.Module
+    temperature: float = 0.1
+    head_hidden: int = 2048
+    head_layers: int = 3
+    head_out: int = 128
+
+    @property
+    def head(self) -> heads.ProjectionMLP:
+        return heads.ProjectionMLP(
+            hidden=self.head_hidden,
+            num_hidden=self.head_layers,
+            out=self.head_out,
+            dtype=self.encoder.dtype,
+        )
+
+    def batch_ops(self, clip: base.ClipSpec):
+        if clip.views != 2:
+            raise ConfigError(
+                f"config.objective (cvrl) needs 2 views per video, the train ops make {clip.views}; "
+                "start config.data.train_pp with cvrl_clips(...)"
+            )
+        return []
+
+    def init(self, rng, batch):
+        enc_rng, head_rng = jax.random.split(rng)
+        video = _flatten_views(batch["video"])
+        x = layers.to_model_input(video, self.encoder.dtype)
+        enc_vars = self.encoder.init(enc_rng, x, train=False)
+        # The head is initialised on zeros of the right width, so the compiler can drop the
+        # encoder's forward pass from the init program.
+        features = jnp.zeros((2, self.encoder.output_dim), self.encoder.dtype)
+        head_vars = self.head.init(head_rng, features, train=False)
+        params = {"encoder": enc_vars["params"], "head": head_vars["params"]}
+        stats = {"encoder": enc_vars.get("batch_stats", {}), "head": head_vars.get("batch_stats", {})}
+        return params, {"batch_stats": stats}
+
+    def loss(self, params, extra, batch, rng, train):
+        video = batch["video"]  # [B, 2, T, H, W, 3]
+        batch_size = video.shape[0]
+        x = layers.to_model_input(_flatten_views(video), self.encoder.dtype)
+        stats = extra["batch_stats"]
+        mutable = ["batch_stats"] if train else []
+        tokens, enc_state = self.encoder.apply(
+            _variables(params["encoder"], stats["encoder"]), x, train=train, mutable=mutable
+        )
+        z, head_state = self.head.apply(
+            _variables(params["head"], stats["head"]),
+            self.encoder.pool(tokens),
+            train=train,
+            mutable=mutable,
+        )
+        z = z.astype(jnp.float32)
+        z = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-12)
+        z = z.reshape(batch_size, 2, -1)
+        loss, accuracy = nt_xent(z[:, 0], z[:, 1], self.temperature)
+        new_stats = {
+            "encoder": enc_state.get("batch_stats", stats["encoder"]),
+            "head": head_state.get("batch_stats", stats["head"]),
+        }
+        return loss, ({"contrastive_accuracy": accuracy}, {"batch_stats": new_stats})
+
+
+def _flatten_views(video: jax.Array) -> jax.Array:
+    """[B, V, T, H, W, C] -> [B * V, T, H, W, C], views of one video adjacent."""
+    return video.reshape(-1, *video.shape[2:])
+
+
+def _variables(params, stats) -> dict:
+    return {"params": params, "batch_stats": stats} if stats else {"params": params}

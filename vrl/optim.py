@@ -1,0 +1,142 @@
+"""Optimisers and schedules from `config.optim`, all plain optax.
+
+Schedules are functions of the step, so a resumed run continues them exactly (nothing is
+replayed). Weight decay touches kernels only (no biases, norms, embeddings of positions or mask
+tokens), as in every recipe we follow.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = "adamw"
+    # Peak learning rate; multiplied by batch_size / lr_base_batch when lr_base_batch is set
+    # (the "lr x batch / 256" rule of the MAE family).
+    lr: float = 1e-3
+    lr_base_batch: int | None = None
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    warmup_epochs: float | None = None
+    warmup_init_lr: float = 0.0
+    end_lr: float = 0.0
+    # Stretch every schedule over total_steps * schedule_scale (V-JEPA: 1.25, stopped at 80%).
+    schedule_scale: float = 1.0
+    weight_decay: float = 0.0
+    # When set, weight decay follows a cosine from weight_decay to this value (V-JEPA 0.04 -> 0.4).
+    weight_decay_end: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    trust_coefficient: float = 0.001
+    clip_norm: float | None = None
+    # Layer-wise lr decay (fine-tuning): a parameter in layer i of L gets lr * decay^(L + 1 - i).
+    layer_decay: float | None = None
+    # Micro-batches per step: the batch is split and gradients summed inside one jitted step.
+    grad_accum_steps: int = 1
+
+
+def learning_rate(cfg: OptimConfig, total_steps: int, batch_size: int, steps_per_epoch: int):
+    """The learning-rate schedule (a function of the optimiser step)."""
+    peak = cfg.lr * (batch_size / cfg.lr_base_batch if cfg.lr_base_batch else 1.0)
+    warmup = warmup_steps(cfg, steps_per_epoch)
+    horizon = max(int(total_steps * cfg.schedule_scale), warmup + 1)
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            cfg.warmup_init_lr, peak, warmup, horizon, end_value=cfg.end_lr
+        )
+    return optax.join_schedules(
+        [optax.linear_schedule(cfg.warmup_init_lr, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+        [warmup],
+    )
+
+
+def warmup_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    if cfg.warmup_epochs is not None:
+        return int(round(cfg.warmup_epochs * steps_per_epoch))
+    return cfg.warmup_steps
+
+
+def weight_decay(cfg: OptimConfig, total_steps: int):
+    """A constant, or a cosine from weight_decay to weight_decay_end (up or down)."""
+    if cfg.weight_decay_end is None:
+        return cfg.weight_decay
+    start, end = cfg.weight_decay, cfg.weight_decay_end
+    horizon = max(int(total_steps * cfg.schedule_scale), 1)
+
+    def schedule(step):
+        frac = jnp.clip(step / horizon, 0.0, 1.0)
+        return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+    return schedule
+
+
+def kernel_mask(params):
+    """True for the leaves called `kernel` (dense and conv weights): what weight decay touches."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path) == "kernel", params)
+
+
+def _leaf_name(path) -> str:
+    names = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+    return str(names[-1]) if names else ""
+
+
+def make(
+    cfg: OptimConfig,
+    *,
+    total_steps: int,
+    batch_size: int,
+    steps_per_epoch: int,
+    layer_ids: Callable | None = None,
+) -> tuple[optax.GradientTransformation, Callable]:
+    """(optimizer, learning-rate schedule). `layer_ids(params) -> (tree of ints, L)` enables layer decay."""
+    lr = learning_rate(cfg, total_steps, batch_size, steps_per_epoch)
+    wd = weight_decay(cfg, total_steps)
+    parts = []
+    if cfg.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.name == "sgd":
+        # L2 regularisation as in the CVRL release: decay added to the gradient before momentum.
+        parts += [
+            optax.add_decayed_weights(wd, kernel_mask),
+            optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
+        ]
+    elif cfg.name == "lars":
+        parts.append(
+            optax.lars(
+                lr,
+                weight_decay=wd,
+                weight_decay_mask=kernel_mask,
+                trust_coefficient=cfg.trust_coefficient,
+                trust_ratio_mask=kernel_mask,
+                momentum=cfg.momentum,
+                nesterov=cfg.nesterov,
+            )
+        )
+    else:
+        parts += [
+            optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+            optax.add_decayed_weights(wd, kernel_mask),
+            optax.scale_by_learning_rate(lr),
+        ]
+    if cfg.layer_decay is not None:
+        if layer_ids is None:
+            raise ValueError("config.optim.layer_decay needs an encoder with numbered layers (vit)")
+        parts.append(_scale_by_layer(cfg.layer_decay, layer_ids))
+    return optax.chain(*parts), lr
+
+
+def _scale_by_layer(decay: float, layer_ids: Callable) -> optax.GradientTransformation:
+    def scale(updates, params=None):
+        ids, num_layers = layer_ids(updates)
+        return jax.tree.map(lambda u, i: u * decay ** (num_layers + 1 - i), updates, ids)
+
+    return optax.stateless(lambda updates, params: scale(updates, params))

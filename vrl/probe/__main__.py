@@ -1,0 +1,29 @@
+"""python -m vrl.probe --config=configs/probe/linear.py --config.checkpoint=WORKDIR [--config.x=...]"""
+
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from vrl import checkpoint as ckpt_lib
+from vrl import config as config_lib
+from vrl import metrics
+from vrl.probe import main as probe_main
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Probe config file.", lock_config=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    metrics.quiet_library_logs()
+    try:
+        results = probe_main.run_job(config_lib.to_dict(_CONFIG.value))
+    except (config_lib.ConfigError, ckpt_lib.CheckpointError) as e:
+        print(f"vrl.probe: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(probe_main.summary_table(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,465 @@
+"""The one training loop, for every objective.
+
+Read top to bottom: config -> mesh -> data -> objective -> sharded state -> jitted step ->
+loop (metrics one step late, async checkpoints) -> evals. Nothing here knows which objective
+it trains: it only calls the `vrl.objectives.base.Objective` contract.
+"""
+
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from vrl import checkpoint as ckpt_lib
+from vrl import config as config_lib
+from vrl import metrics as metrics_lib
+from vrl import optim, sharding
+from vrl.data import pipeline
+from vrl.objectives.base import ClipSpec, Objective
+
+SECTIONS = ("data", "model", "objective", "optim", "mesh", "ckpt", "evals")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The top level of a run config; sections stay dicts here and are typed in `Setup`."""
+
+    seed: int = 0
+    total_steps: int | None = None
+    total_epochs: float | None = None
+    log_every_steps: int = 50
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    # What to do with a non-finite loss or gradient: stop, or skip the update and count it.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    # Seconds a SIGTERM (preemption) may take to save and exit.
+    preemption_grace_s: float = 60.0
+    data: dict = dataclasses.field(default_factory=dict)
+    model: dict = dataclasses.field(default_factory=dict)
+    objective: dict = dataclasses.field(default_factory=dict)
+    optim: dict = dataclasses.field(default_factory=dict)
+    mesh: dict = dataclasses.field(default_factory=dict)
+    ckpt: dict = dataclasses.field(default_factory=dict)
+    evals: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything typed and checked from a config, before any array exists."""
+
+    run: TrainConfig
+    data: pipeline.DataConfig
+    optim: optim.OptimConfig
+    mesh: sharding.MeshConfig
+    ckpt: ckpt_lib.CheckpointConfig
+    objective: Objective
+    train_source: Any
+    train_ops: list
+    config: dict
+
+
+def build_objective(config: Mapping, dtype=jnp.float32) -> Objective:
+    """The objective (with its encoder) that a config describes."""
+    encoder = config_lib.component("model", config.get("model"), "config.model", dtype=dtype)
+    return config_lib.component(
+        "objective", config.get("objective"), "config.objective", encoder=encoder
+    )
+
+
+def setup(config: Any) -> Setup:
+    """Checks every key of the config; raises config.ConfigError with a one-line message."""
+    config = config_lib.to_dict(config)
+    run = config_lib.instantiate(TrainConfig, config, "config")
+    if (run.total_steps is None) == (run.total_epochs is None):
+        raise config_lib.ConfigError("config.total_steps / config.total_epochs: set exactly one")
+    from vrl.probe import main as probe_main  # noqa: PLC0415 - probes import the trainer's helpers
+
+    for name, probe_cfg in run.evals.items():
+        probe_main.check_eval_config(probe_cfg, f"config.evals.{name}")
+    data = config_lib.instantiate(pipeline.DataConfig, run.data, "config.data")
+    return Setup(
+        run=run,
+        data=data,
+        optim=config_lib.instantiate(optim.OptimConfig, run.optim, "config.optim"),
+        mesh=config_lib.instantiate(sharding.MeshConfig, run.mesh, "config.mesh"),
+        ckpt=config_lib.instantiate(ckpt_lib.CheckpointConfig, run.ckpt, "config.ckpt"),
+        objective=build_objective(config, DTYPES[run.compute_dtype]),
+        train_source=pipeline.make_source(data, data.train_split),
+        train_ops=pipeline.make_ops(data.train_pp, "config.data.train_pp"),
+        config=config,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# State
+# ----------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    extra: Any
+    skipped_steps: jax.Array
+
+
+def init_state(objective: Objective, tx, init_batch: dict, mesh, rules, seed: int):
+    """(state, shardings): the state is created directly in its sharded layout."""
+
+    def init(rng):
+        params, extra = objective.init(rng, init_batch)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            extra=extra,
+            skipped_steps=jnp.zeros((), jnp.int32),
+        )
+
+    rng = jax.random.key(seed)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(init, rng)
+        shardings = sharding.logical_shardings(abstract, mesh, rules)
+        state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def abstract_state(state_shardings, state) -> Any:
+    return jax.tree.map(
+        lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shardings, state
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Step
+# ----------------------------------------------------------------------------------------------
+
+
+def make_train_step(objective: Objective, tx, lr_schedule, seed: int, accum: int, skip_nonfinite: bool):
+    base_key = jax.random.key(seed)
+
+    def grads_of(params, extra, batch, rng):
+        def loss_fn(p):
+            return objective.loss(p, extra, batch, rng, True)
+
+        (loss, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, metrics, extra, grads
+
+    def accumulated(params, extra, batch, rng):
+        micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+        def body(carry, xs):
+            extra, grads_sum = carry
+            mb, i = xs
+            loss, metrics, extra, grads = grads_of(params, extra, mb, jax.random.fold_in(rng, i))
+            return (extra, jax.tree.map(jnp.add, grads_sum, grads)), (loss, metrics)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (extra, grads), (losses, metrics) = jax.lax.scan(
+            body, (extra, zeros), (micro, jnp.arange(accum))
+        )
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        return losses.mean(), jax.tree.map(jnp.mean, metrics), extra, grads
+
+    def train_step(state: TrainState, batch: dict):
+        rng = jax.random.fold_in(base_key, state.step)
+        compute = accumulated if accum > 1 else grads_of
+        loss, metrics, extra, grads = compute(state.params, state.extra, batch, rng)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        extra = objective.update_extra(extra, params, state.step)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = TrainState(state.step + 1, params, opt_state, extra, state.skipped_steps)
+        if skip_nonfinite:
+            keep_old = lambda new_x, old_x: jnp.where(finite, new_x, old_x)
+            new = new.replace(
+                params=jax.tree.map(keep_old, new.params, state.params),
+                opt_state=jax.tree.map(keep_old, new.opt_state, state.opt_state),
+                extra=jax.tree.map(keep_old, new.extra, state.extra),
+                skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+            )
+        metrics = {f"train/{k}": v for k, v in metrics.items()}
+        metrics.update(
+            {
+                "train/loss": loss,
+                "train/grad_norm": grad_norm,
+                "train/lr": lr_schedule(state.step),
+                "train/finite": finite,
+                "train/skipped_steps": new.skipped_steps,
+            }
+        )
+        return new, metrics
+
+    return train_step
+
+
+# ----------------------------------------------------------------------------------------------
+# Loop
+# ----------------------------------------------------------------------------------------------
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks, so it can save and exit cleanly."""
+
+    def __init__(self):
+        self.requested_at: float | None = None
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside a notebook executor)
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested_at = time.monotonic()
+        logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict:
+    """Trains (resuming from `workdir` if it holds checkpoints), then runs `config.evals`."""
+    s = setup(config)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(s.mesh)
+    rules = s.mesh.axis_rules()
+    local_batch = sharding.batch_size_per_process(s.data.batch_size, mesh)
+    logging.info("Mesh %s over %d devices (%d processes); %d clips per process per step.",
+                 dict(mesh.shape), mesh.size, jax.process_count(), local_batch)
+
+    # --- Data -------------------------------------------------------------------------------
+    clip = clip_spec(pipeline.ExampleMaker(s.train_source, s.train_ops))
+    extra_ops = s.objective.batch_ops(clip)
+    steps_per_epoch = max(len(s.train_source) // s.data.batch_size, 1)
+    total_steps = s.run.total_steps or int(round(s.run.total_epochs * steps_per_epoch))
+    data_iter = iter(
+        pipeline.train_dataset(
+            s.data,
+            seed=s.run.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            extra_ops=extra_ops,
+        )
+    )
+
+    # --- State ------------------------------------------------------------------------------
+    tx, lr_schedule = optim.make(
+        s.optim, total_steps=total_steps, batch_size=s.data.batch_size, steps_per_epoch=steps_per_epoch
+    )
+    mngr = ckpt_lib.manager(workdir, s.ckpt)
+    latest = mngr.latest_step()
+    if latest is not None:
+        ckpt_lib.restore_data(mngr, latest, data_iter)
+    first_batch = next(data_iter)
+    device_batch, _ = pipeline.split_host_keys(first_batch)
+    init_batch = {k: np.asarray(v[:2]) for k, v in device_batch.items()}
+    state, state_shardings = init_state(s.objective, tx, init_batch, mesh, rules, s.run.seed)
+    if latest is not None:
+        state = ckpt_lib.restore_state(mngr, latest, abstract_state(state_shardings, state))
+        logging.info("Resumed from step %d in %s.", latest, workdir)
+    log_parameters(state)
+    meta = {"config": s.config, "init_batch": batch_spec(init_batch)}
+
+    # --- Step -------------------------------------------------------------------------------
+    step_fn = make_train_step(
+        s.objective, tx, lr_schedule, s.run.seed, s.optim.grad_accum_steps, s.run.on_nonfinite == "skip"
+    )
+    if s.data.batch_size % (s.optim.grad_accum_steps * mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise config_lib.ConfigError(
+            f"config.optim.grad_accum_steps={s.optim.grad_accum_steps}: each micro-batch must "
+            f"split over the data-parallel size; batch_size={s.data.batch_size}"
+        )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        batch_shardings = {
+            k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in device_batch.items()
+        }
+        train_step = jax.jit(
+            step_fn,
+            in_shardings=(state_shardings, batch_shardings),
+            out_shardings=(state_shardings, None),
+            donate_argnums=0,
+        )
+        t0 = time.perf_counter()
+        compiled = train_step.lower(state, sharding.to_global(device_batch, mesh)).compile()
+        logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
+        log_memory(compiled)
+
+        # --- Loop ---------------------------------------------------------------------------
+        writer = metrics_lib.Writer(workdir)
+        start = int(jax.device_get(state.step))
+        progress = metrics_lib.Progress(
+            total_steps, start, s.data.batch_size, metrics_lib.compiled_flops(compiled)
+        )
+        pending = None
+        data_stats = DataStats(s.data.max_skip_fraction)
+        timers = {"time/data_wait": 0.0, "time/ckpt": 0.0, "time/compile": time.perf_counter() - t0}
+        batch = first_batch
+        with _Preemption() as preemption:
+            for step in range(start, total_steps):
+                if step > start:
+                    t = time.perf_counter()
+                    batch = next(data_iter)
+                    timers["time/data_wait"] += time.perf_counter() - t
+                device_batch, host = pipeline.split_host_keys(batch)
+                data_stats.update(host)
+                state, step_metrics = compiled(state, sharding.to_global(device_batch, mesh))
+                if pending is not None:
+                    _finish_step(pending, s, progress, writer, timers, data_stats)
+                pending = (step + 1, step_metrics)
+                preempted = preemption.requested_at is not None or mngr.reached_preemption(step + 1)
+                if (step + 1) % s.ckpt.every_steps == 0 or step + 1 == total_steps or preempted:
+                    # Check this step before saving it, so a non-finite state is never saved.
+                    _finish_step(pending, s, progress, writer, timers, data_stats)
+                    pending = None
+                    t = time.perf_counter()
+                    ckpt_lib.save(mngr, step + 1, state, data_iter, meta, force=True)
+                    timers["time/ckpt"] += time.perf_counter() - t
+                if preempted:
+                    mngr.wait_until_finished()
+                    logging.warning("Saved step %d after SIGTERM; exiting.", step + 1)
+                    writer.close()
+                    return {"preempted_at_step": step + 1}
+            if pending is not None:
+                _finish_step(pending, s, progress, writer, timers, data_stats)
+        t = time.perf_counter()
+        mngr.wait_until_finished()
+        timers["time/ckpt"] += time.perf_counter() - t
+    writer.write(total_steps, timers)
+
+    # --- Evals ------------------------------------------------------------------------------
+    results = {}
+    if s.run.evals:
+        from vrl.probe import main as probe_main  # noqa: PLC0415
+
+        t = time.perf_counter()
+        results = probe_main.run_evals(s.run.evals, workdir, writer=writer)
+        writer.write(total_steps, {"time/eval": time.perf_counter() - t})
+    writer.close()
+    mngr.close()
+    return results
+
+
+def _finish_step(pending, s: Setup, progress, writer, timers, data_stats) -> None:
+    """Fetches a step's metrics (one step late, so the device never waits) and acts on them."""
+    step, step_metrics = pending
+    values = jax.device_get(step_metrics)
+    if not values["train/finite"]:
+        message = (
+            f"non-finite training at step {step}: loss={float(values['train/loss'])}, "
+            f"grad_norm={float(values['train/grad_norm'])}"
+        )
+        if s.run.on_nonfinite == "stop":
+            raise NonFiniteError(message + "; the last good checkpoint is kept "
+                                 "(set config.on_nonfinite='skip' to skip such steps)")
+        logging.warning("%s; update skipped.", message)
+    if step % s.run.log_every_steps == 0 or step == progress.total_steps:
+        values = {k: v for k, v in values.items() if k != "train/finite"}
+        values.update(progress.report(step))
+        values.update(data_stats.metrics())
+        values.update(timers)
+        writer.write(step, values)
+        logging.info("%s", progress.line(step, values))
+
+
+class DataStats:
+    """Counts unreadable videos and stops the run when they exceed the allowed fraction."""
+
+    def __init__(self, max_fraction: float):
+        self.max_fraction = max_fraction
+        self.seen = 0
+        self.skipped = 0
+        self.bad: dict[str, None] = {}
+
+    def update(self, host: dict) -> None:
+        skipped = host.get("data/skipped")
+        if skipped is None:
+            return
+        self.seen += int(np.size(skipped)) + int(np.sum(skipped))
+        self.skipped += int(np.sum(skipped))
+        for ids in np.ravel(host.get("data/bad_ids", [])):
+            for vid in filter(None, str(ids).split(";")):
+                self.bad.setdefault(vid)
+        if self.seen >= 100 and self.skipped > self.max_fraction * self.seen:
+            listed = ", ".join(list(self.bad)[:20])
+            raise pipeline.sources.DecodeError(
+                f"{self.skipped} of {self.seen} videos were unreadable, more than "
+                f"config.data.max_skip_fraction={self.max_fraction}; bad files: {listed}"
+            )
+
+    def metrics(self) -> dict[str, float]:
+        return {"data/skipped": self.skipped, "data/seen": self.seen}
+
+
+def clip_spec(maker: pipeline.ExampleMaker) -> ClipSpec:
+    """Shape of the clips the train ops make, from one real example."""
+    example = maker(0, np.random.default_rng(0))
+    video = example["video"]
+    views = video.shape[0] if video.ndim == 5 else 1
+    return ClipSpec(frames=video.shape[-4], height=video.shape[-3], width=video.shape[-2], views=views)
+
+
+def batch_spec(batch: dict) -> dict[str, list]:
+    """{key: [shape, dtype]} of a batch, JSON-friendly (stored with checkpoints)."""
+    return {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in batch.items()}
+
+
+def spec_batch(spec: dict[str, list]) -> dict[str, np.ndarray]:
+    """Zeros shaped like a stored `batch_spec`."""
+    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
+
+
+def log_parameters(state: TrainState) -> None:
+    def per_device_bytes(tree):
+        total = 0
+        for x in jax.tree.leaves(tree):
+            shard = x.sharding.shard_shape(x.shape)
+            total += int(np.prod(shard)) * x.dtype.itemsize
+        return total
+
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    logging.info(
+        "Parameters: %s; per device: params %.1f MB, optimizer %.1f MB, extra %.1f MB.",
+        f"{count:,}",
+        per_device_bytes(state.params) / 1e6,
+        per_device_bytes(state.opt_state) / 1e6,
+        per_device_bytes(state.extra) / 1e6,
+    )
+
+
+def log_memory(compiled) -> None:
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        mem = None
+    if mem is not None:
+        logging.info(
+            "Compiled step memory per device: arguments %.1f MB, outputs %.1f MB, temp %.1f MB.",
+            mem.argument_size_in_bytes / 1e6,
+            mem.output_size_in_bytes / 1e6,
+            mem.temp_size_in_bytes / 1e6,
+        )
