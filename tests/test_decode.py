@@ -156,25 +156,6 @@ def test_bad_indices_are_caller_errors(clips):
 # --- damaged and non-video inputs ------------------------------------------------------------
 
 
-def _truncated_faststart(folder) -> str:
-    """60 MJPEG frames with the index up front, cut in half: headers promise frames it lacks."""
-    whole, cut = str(folder / "whole.mov"), str(folder / "cut.mov")
-    with av.open(whole, "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("mjpeg", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
-        for i in range(60):
-            frame = av.VideoFrame.from_ndarray(videos.draw(i, (64, 48)), format="rgb24")
-            frame = frame.reformat(format="yuvj420p")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    with open(whole, "rb") as f:
-        data = f.read()
-    with open(cut, "wb") as f:
-        f.write(data[: len(data) // 2])
-    return cut
-
-
 def _audio_plus_empty_video(path) -> None:
     with av.open(str(path), "w", format="matroska") as container:
         video = container.add_stream("libx264", rate=30)
@@ -190,7 +171,8 @@ def _audio_plus_empty_video(path) -> None:
 
 
 def test_truncated_stream_keeps_early_frames_and_rejects_late_ones(tmp_path):
-    cut = _truncated_faststart(tmp_path)
+    cut = str(tmp_path / "cut.mov")
+    videos.make_truncated(cut, frames=60)
     assert decode.probe(cut).num_frames == 60  # the header still declares every frame
     assert indices_shown(decode.decode_frames(cut, np.array([0, 10, 20]))) == [0, 10, 20]
     with pytest.raises(DecodeError, match=r"cut\.mov: time .* past the last decodable frame"):

@@ -1,7 +1,6 @@
 """The training loop end to end: every config's :runlocal variant, exact resume, checkpoints."""
 
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from vrl import checkpoint as ckpt_lib
+from vrl import config as config_lib
 from vrl import train
 from vrl.data import pipeline
 
@@ -18,10 +18,7 @@ CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "config
 
 
 def load_config(path: str, arg: str | None = "runlocal"):
-    spec = importlib.util.spec_from_file_location("config_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_lib.load_file(path, arg)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -102,6 +102,24 @@ def make_video(
     return times
 
 
+def make_truncated(path: str | os.PathLike, frames: int = 60) -> None:
+    """An MJPEG .mov with its index up front, cut in half: the header promises missing frames."""
+    path = str(path)
+    with av.open(path, "w", format="mov", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mjpeg", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(draw(i, (64, 48)), format="rgb24")
+            frame = frame.reformat(format="yuvj420p")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
 def make_audio(path: str | os.PathLike, seconds: float = 1.0, fmt: str = "wav") -> None:
     """An audio-only file (a sine tone), for "no video stream" errors."""
     codec = {"wav": "pcm_s16le", "mp4": "aac", "ogg": "libvorbis"}.get(fmt, "pcm_s16le")

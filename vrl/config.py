@@ -7,6 +7,7 @@ is allowed, raised before any array exists.
 """
 
 import dataclasses
+import os
 import inspect
 import types
 import typing
@@ -205,3 +206,32 @@ def drop_unset(cfg: Any) -> Any:
     if isinstance(cfg, Mapping):
         return {k: drop_unset(v) for k, v in cfg.items() if v is not None}
     return cfg
+
+
+# Shared by the `:runlocal` variants of the configs: tiny shapes that run on a CPU in a minute.
+TINY_VIT = {"name": "vit", "size": "Ti", "width": 64, "depth": 2, "heads": 2, "patch": (2, 8, 8)}
+
+
+def runlocal_data(train_pp: str, test_pp: str, batch_size: int = 8) -> dict:
+    """`config.data` for a :runlocal variant: the synthetic dataset, a few videos."""
+    return {
+        "source": {"name": "synthetic", "frames": 32, "size": 64, "num_videos": 32},
+        "train_split": "train",
+        "test_split": "test",
+        "batch_size": batch_size,
+        "train_pp": train_pp,
+        "test_pp": test_pp,
+        "num_workers": 0,
+    }
+
+
+def load_file(path: str, arg: str | None = None):
+    """`get_config(arg)` of a config file, e.g. a recipe that builds on another one."""
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location(f"vrl_config_{abs(hash(path))}", path)
+    if spec is None or not os.path.exists(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()

@@ -253,10 +253,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                  dict(mesh.shape), mesh.size, jax.process_count(), local_batch)
 
     # --- Data -------------------------------------------------------------------------------
-    clip = clip_spec(pipeline.ExampleMaker(s.train_source, s.train_ops))
-    extra_ops = s.objective.batch_ops(clip)
     steps_per_epoch = max(len(s.train_source) // s.data.batch_size, 1)
     total_steps = s.run.total_steps or int(round(s.run.total_epochs * steps_per_epoch))
+    objective = s.objective.for_training(total_steps)
+    clip = clip_spec(pipeline.ExampleMaker(s.train_source, s.train_ops))
+    extra_ops = objective.batch_ops(clip)
     data_iter = iter(
         pipeline.train_dataset(
             s.data,
@@ -269,7 +270,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
 
     # --- State ------------------------------------------------------------------------------
     tx, lr_schedule = optim.make(
-        s.optim, total_steps=total_steps, batch_size=s.data.batch_size, steps_per_epoch=steps_per_epoch
+        s.optim,
+        total_steps=total_steps,
+        batch_size=s.data.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        layer_ids=objective.layer_ids,
     )
     mngr = ckpt_lib.manager(workdir, s.ckpt)
     latest = mngr.latest_step()
@@ -278,16 +283,22 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     first_batch = next(data_iter)
     device_batch, _ = pipeline.split_host_keys(first_batch)
     init_batch = {k: np.asarray(v[:2]) for k, v in device_batch.items()}
-    state, state_shardings = init_state(s.objective, tx, init_batch, mesh, rules, s.run.seed)
+    state, state_shardings = init_state(objective, tx, init_batch, mesh, rules, s.run.seed)
     if latest is not None:
         state = ckpt_lib.restore_state(mngr, latest, abstract_state(state_shardings, state))
         logging.info("Resumed from step %d in %s.", latest, workdir)
+    else:
+        params, extra = objective.post_init(state.params, state.extra)
+        state = state.replace(
+            params=jax.device_put(params, state_shardings.params),
+            extra=jax.device_put(extra, state_shardings.extra),
+        )
     log_parameters(state)
     meta = {"config": s.config, "init_batch": batch_spec(init_batch)}
 
     # --- Step -------------------------------------------------------------------------------
     step_fn = make_train_step(
-        s.objective, tx, lr_schedule, s.run.seed, s.optim.grad_accum_steps, s.run.on_nonfinite == "skip"
+        objective, tx, lr_schedule, s.run.seed, s.optim.grad_accum_steps, s.run.on_nonfinite == "skip"
     )
     if s.data.batch_size % (s.optim.grad_accum_steps * mesh.shape["data"] * mesh.shape["fsdp"]):
         raise config_lib.ConfigError(

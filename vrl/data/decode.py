@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from vrl.data.sources import DecodeError
 
@@ -136,7 +137,7 @@ def iter_frames(
             native = _native_fps(container, stream, label)
             _threads(stream)
             reader = _Reader(container, stream, native, label, DecodeStats())
-            size = _output_size(stream, short_side)
+            to_rgb = _ToRGB(_output_size(stream, short_side))
             rate = float(fps) if fps is not None else native
             index = 0
             while True:
@@ -144,7 +145,7 @@ def iter_frames(
                 frame = reader.frame_at(ticks, allow_end=True)
                 if frame is None:
                     return
-                yield _to_rgb(frame, size)
+                yield to_rgb(frame)
                 index += 1
         except av.FFmpegError as e:
             raise DecodeError(f"{label}: decoding failed: {e}") from e
@@ -301,21 +302,30 @@ def _decode(container, stream, indices, fps, short_side, label, stats) -> np.nda
         return out.reshape(*indices.shape, size[1], size[0], 3)
     _threads(stream)
     reader = _Reader(container, stream, native, label, stats)
+    to_rgb = _ToRGB(size)
     last_frame, last_rgb = None, None  # times come in order: only the latest frame can repeat
     for position in np.argsort(flat, kind="stable"):
         frame = reader.frame_at(reader.ticks(int(flat[position]) / rate))
         if frame is not last_frame:
-            last_frame, last_rgb = frame, _to_rgb(frame, size)
+            last_frame, last_rgb = frame, to_rgb(frame)
         out[position] = last_rgb
     return out.reshape(*indices.shape, size[1], size[0], 3)
 
 
-def _to_rgb(frame, size: tuple[int, int]) -> np.ndarray:
-    width, height = size
-    if (frame.width, frame.height) != (width, height):
-        frame = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
-        return frame.to_ndarray()
-    return frame.to_ndarray(format="rgb24")
+class _ToRGB:
+    """Frame -> uint8 RGB [H, W, 3] at `size` (area filter), through one reused swscale
+    context: building a context per frame costs several times the conversion itself."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = size
+        self.reformatter = VideoReformatter()
+
+    def __call__(self, frame) -> np.ndarray:
+        width, height = self.size
+        rgb = self.reformatter.reformat(
+            frame, width=width, height=height, format="rgb24", interpolation="AREA"
+        )
+        return rgb.to_ndarray()
 
 
 def _output_size(stream, short_side: int | None) -> tuple[int, int]:

@@ -38,6 +38,7 @@ import av
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
+from av.video.reformatter import VideoReformatter
 
 from vrl.data import decode, sources
 
@@ -122,6 +123,7 @@ def _h264(frames: Iterator[np.ndarray], fps: float, crf: int) -> tuple[bytes, in
     rate = fractions.Fraction(fps).limit_denominator(1001)
     buffer = io.BytesIO()
     count = 0
+    to_yuv = VideoReformatter()  # one swscale context for every frame
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.options = {"crf": str(crf), "preset": X264_PRESET}
@@ -133,7 +135,7 @@ def _h264(frames: Iterator[np.ndarray], fps: float, crf: int) -> tuple[bytes, in
             if count == 0:
                 stream.width, stream.height = even
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            picture = picture.reformat(width=even[0], height=even[1], format="yuv420p")
+            picture = to_yuv.reformat(picture, width=even[0], height=even[1], format="yuv420p")
             picture.pts = count
             container.mux(stream.encode(picture))
             count += 1
@@ -148,8 +150,10 @@ def _run_task(task: _Task) -> tuple[_Task, str, str]:
         return task, "cached", ""
     try:
         item = encode_item(task.path, task.options)
-    except (sources.DecodeError, OSError, ValueError, av.FFmpegError) as e:
+    except sources.DecodeError as e:
         return task, "failed", str(e)
+    except Exception as e:  # one odd input must not end a run over thousands of them
+        return task, "failed", f"{task.path}: {type(e).__name__}: {e}"
     item.update(id=task.id, label=task.label)
     os.makedirs(os.path.dirname(task.cache), exist_ok=True)
     partial = f"{task.cache}.{os.getpid()}.tmp"
@@ -287,6 +291,7 @@ def prepare(
 
     Returns an empty dict when the dataset already exists with every requested split.
     """
+    videos, out = os.path.expanduser(videos), os.path.expanduser(out)
     if not _NAME.match(name):
         raise ValueError(f"--name={name!r}: use lower_snake_case (letters, digits, _)")
     if not os.path.isdir(videos):
@@ -388,7 +393,7 @@ def _report(summary: dict[str, SplitSummary], name: str, out: str, work_dir: str
         more = f" ({len(s.failed) - _SHOWN} more)" if len(s.failed) > _SHOWN else ""
         logging.warning("%s/%s: %d unreadable input(s)%s, listed in %s", name, split,
                         len(s.failed), more, path)  # fmt: skip
-    logging.info("wrote %s: read it with the source {name: 'tfds', name: %r, data_dir: %r}",
+    logging.info("wrote %s: read it with the source {name: 'tfds', dataset: %r, data_dir: %r}",
                  name, name, out)  # fmt: skip
 
 
@@ -402,24 +407,34 @@ def read_classes(path: str) -> list[str]:
 # --- manifests from official annotation files -----------------------------------------------------
 
 
+# Kinetics CSVs name the validation split "val" or "validate"; TFDS and the configs say this.
+_KINETICS_SPLITS = {"val": "validation", "validate": "validation"}
+
+
 def kinetics_manifest(annotations: str, videos: str, manifest: str) -> dict[str, int]:
     """CVDF Kinetics CSV (label,youtube_id,time_start,time_end,split) -> manifest(s).
 
-    Files are `{youtube_id}_{start:06d}_{end:06d}.mp4` under `videos`. Rows whose video is
-    missing (removed from YouTube) are left out and counted. Returns rows written per split.
+    The split column picks the manifest ("val" is written as "validation").
+    Files are `{youtube_id}_{start:06d}_{end:06d}.mp4` anywhere under `videos` (flat, as the
+    CVDF K600 archives extract, or in class folders). Rows whose video is missing (removed
+    from YouTube) are left out and counted. Returns the rows written per split.
     """
-    present = set(os.listdir(videos))
+    present = {}
+    for folder, _, files in os.walk(videos):
+        for file in files:
+            present[file] = os.path.relpath(os.path.join(folder, file), videos)
     out: dict[str, list[sources.ManifestRow]] = {}
     missing: dict[str, int] = {}
     with open(annotations, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             start, end = int(row["time_start"]), int(row["time_end"])
             file = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
-            split = row.get("split") or "train"
+            split = _KINETICS_SPLITS.get(row.get("split") or "train", row.get("split"))
             if file not in present:
                 missing[split] = missing.get(split, 0) + 1
                 continue
-            out.setdefault(split, []).append(sources.ManifestRow(file, row.get("label") or None))
+            row = sources.ManifestRow(present[file], row.get("label") or None)
+            out.setdefault(split, []).append(row)
     return _write_manifests(out, manifest, missing)
 
 

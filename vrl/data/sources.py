@@ -255,19 +255,24 @@ class VideoFolder(Source):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
-        num_frames, fps = self._frames(index)
+        num_frames, fps, error = self._frames(index)
         label = self._labels[index]
-        return {
+        record = {
             "id": self._paths[index],
             "num_frames": num_frames,
             "fps": fps,
             "labels": {} if label is None else {LABEL_SET: label},
             "path": os.path.join(self._root, self._paths[index]),
         }
+        if error:  # an unreadable header: reported by `decode`, where the pipeline expects it
+            record["error"] = error
+        return record
 
     def decode(self, record: dict[str, Any], frame_indices: np.ndarray) -> np.ndarray:
         from vrl.data import decode
 
+        if "error" in record:
+            raise DecodeError(record["error"])
         path, name = record["path"], record["id"]
         return decode.decode_frames(
             path, frame_indices, fps=self.fps, short_side=self.short_side, name=name
@@ -277,17 +282,24 @@ class VideoFolder(Source):
     def label_names(self) -> dict[str, list[str]]:
         return {LABEL_SET: list(self._names)} if self._names is not None else {}
 
-    def _frames(self, index: int) -> tuple[int, float]:
-        """(num_frames, fps) as presented: from the manifest, else probed once per process."""
+    def _frames(self, index: int) -> tuple[int, float, str | None]:
+        """(num_frames, fps, error) as presented: from the manifest, else probed once per process.
+
+        An unreadable file gives a one-frame placeholder and the error, so that indexing never
+        raises and the failure surfaces as a DecodeError from `decode`.
+        """
         from vrl.data import decode
 
         if self._meta[index] is not None:
             count, native = self._meta[index]
-            return decode.num_frames_at(count, native, self.fps), self.fps or native
+            return decode.num_frames_at(count, native, self.fps), self.fps or native, None
         if index not in self._probed:
             path = os.path.join(self._root, self._paths[index])
-            info = decode.probe(path, self.fps, name=self._paths[index])
-            self._probed[index] = (info.num_frames, info.fps)
+            try:
+                info = decode.probe(path, self.fps, name=self._paths[index])
+                self._probed[index] = (info.num_frames, info.fps, None)
+            except DecodeError as e:
+                self._probed[index] = (1, self.fps or 1.0, str(e))
         return self._probed[index]
 
     def _from_manifest(self):
@@ -347,10 +359,12 @@ class PreparedDataset(Source):
     Random access into ArrayRecord files, no TensorFlow. Each record holds the encoded video
     (`store=video`, decoded with PyAV from memory) or its JPEG frames (`store=frames`, decoded
     with Pillow). `fps` resamples (records then report num_frames and fps at that rate) and
-    `short_side` resizes at decode time. `data_dir` None means TFDS's default directory.
+    `short_side` resizes at decode time. `dataset` is the --name given to prepare (the key
+    `name` is the registry's: {"name": "tfds", "dataset": ...}); `data_dir` None means TFDS's
+    default directory.
     """
 
-    name: str
+    dataset: str
     data_dir: str | None = None
     split: str = "train"
     fps: float | None = None
@@ -358,9 +372,9 @@ class PreparedDataset(Source):
 
     def __post_init__(self):
         if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"tfds source {self.name}: fps must be positive, got {self.fps}")
+            raise ValueError(f"tfds source {self.dataset}: fps must be positive, got {self.fps}")
         if self.short_side is not None and self.short_side <= 0:
-            raise ValueError(f"tfds source {self.name}: short_side must be positive")
+            raise ValueError(f"tfds source {self.dataset}: short_side must be positive")
         self._source = None
         source = self._open()
         features = source.dataset_info.features
@@ -432,7 +446,8 @@ class PreparedDataset(Source):
 
     def _open(self):
         if self._source is None:
-            self._source = _data_source(self.name, self.data_dir, self.split)
+            data_dir = os.path.expanduser(self.data_dir) if self.data_dir else None
+            self._source = _data_source(self.dataset, data_dir, self.split)
         return self._source
 
 

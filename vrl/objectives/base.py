@@ -13,6 +13,7 @@ Variables are split in two trees:
 
 import abc
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,21 @@ class Objective(abc.ABC):
         """After each optimiser step (EMA target update); identity by default."""
         return extra
 
+    def for_training(self, total_steps: int) -> "Objective":
+        """This objective with schedules sized to the run (V-JEPA's EMA momentum); self by default."""
+        return self
+
+    def post_init(self, params: PyTree, extra: PyTree) -> tuple[PyTree, PyTree]:
+        """Fills in state that comes from outside the run after a fresh init (never on resume):
+        a frozen teacher, or pretrained encoder weights to fine-tune. Values must keep their
+        shapes; the trainer lays them out as the init did."""
+        return params, extra
+
+    def layer_ids(self, params: PyTree) -> tuple[PyTree, int]:
+        """(tree of layer numbers, L) for layer-wise lr decay: 0 for the encoder's embedding,
+        i + 1 for its block i, L + 1 for everything after (norms, heads)."""
+        return layer_ids(params)
+
     def encoder_variables(self, params: PyTree, extra: PyTree, which: str = "encoder") -> PyTree:
         """Variables for `self.encoder.apply`: the online encoder, or e.g. "target"/"teacher"."""
         if which != "encoder":
@@ -71,3 +87,20 @@ class Objective(abc.ABC):
     def encoders(self) -> tuple[str, ...]:
         """Names accepted by `encoder_variables` (what a probe may measure)."""
         return ("encoder",)
+
+
+def layer_ids(params: PyTree) -> tuple[PyTree, int]:
+    """Layer numbers from parameter names: `encoder/embed*` -> 0, `encoder/block{i}` -> i + 1."""
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    blocks = [int(m.group(1)) for p in paths if (m := re.search(r"'encoder'.*'block(\d+)'", p))]
+    num_layers = max(blocks) + 1 if blocks else 0
+
+    def number(path, _):
+        name = jax.tree_util.keystr(path)
+        if (m := re.search(r"'encoder'.*'block(\d+)'", name)) is not None:
+            return int(m.group(1)) + 1
+        if re.search(r"'encoder'.*'embed'", name):
+            return 0
+        return num_layers + 1
+
+    return jax.tree_util.tree_map_with_path(number, params), num_layers

@@ -1,0 +1,30 @@
+"""SALT stage 1: a pixel-reconstruction teacher under V-JEPA's multi-block masks ("Rethinking JEPA", 2025).
+
+    python -m vrl.main --config=configs/salt_stage1_vitl_k710.py --workdir=TEACHER_DIR
+    python -m vrl.main --config=configs/salt_stage2_vitl_k710.py --workdir=STUDENT_DIR \
+        --config.objective.teacher_checkpoint=TEACHER_DIR
+
+The VideoMAE loss (MSE on per-tubelet normalised pixels of hidden tubelets) with V-JEPA's two
+mask types instead of tube masking; data, optimiser and schedule as V-JEPA's
+(configs/vjepa_vitl_k710.py). SALT reports that the student is robust to a small teacher, so
+`:size=B` is a sensible choice here when compute is short.
+"""
+
+import os
+
+import ml_collections
+
+from vrl.config import load_file, parse_arg
+
+VJEPA = os.path.join(os.path.dirname(__file__), "vjepa_vitl_k710.py")
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, runlocal=False, size="L")
+    c = load_file(VJEPA, f"size={args.size}" + (",runlocal" if args.runlocal else ""))
+    objective = dict(name="videomae", mask="vjepa", decoder_width=512, decoder_depth=4,
+                     decoder_heads=8, norm_pix_loss=True)
+    if args.runlocal:
+        objective.update(decoder_width=32, decoder_depth=1, decoder_heads=2)
+    c.objective = ml_collections.ConfigDict(objective)
+    return c

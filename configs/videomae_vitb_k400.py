@@ -1,0 +1,67 @@
+"""VideoMAE ViT-B/16 pretraining on Kinetics-400 (Tong et al., NeurIPS 2022).
+
+    python -m vrl.main --config=configs/videomae_vitb_k400.py --workdir=WORKDIR
+    python -m vrl.main --config=configs/videomae_vitb_k400.py:runlocal --workdir=/tmp/mae
+
+16 frames at stride 4, 224x224, 2x16x16 tubelets (1568 tokens), tube masking 90%, a 4-block
+384-wide decoder, MSE on hidden tubelets against per-tubelet normalised pixels, AdamW
+(0.9, 0.95), weight decay 0.05, lr 1.5e-4 x batch / 256 at batch 2048, 40 warmup epochs,
+cosine to 1e-5, 800 epochs (released K400 models; 1600 for the best). Sizes: `:size=S|B|L|H`
+(decoder widths 192 / 384 / 512 / 640).
+"""
+
+import os
+
+import ml_collections
+
+from vrl.config import TINY_VIT, parse_arg, runlocal_data
+
+DECODER = {"S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8)}
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, runlocal=False, size="B")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_epochs = 800.0
+    c.log_every_steps = 100
+    c.compute_dtype = "bfloat16"
+    c.data = dict(
+        source=dict(
+            name="tfds",
+            dataset="kinetics400",
+            data_dir=os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
+        ),
+        train_split="train",
+        test_split="validation",
+        batch_size=2048,
+        train_pp="uniform_clip(frames=16, stride=4)"
+        "|random_resized_crop(size=224, area=(0.43, 1.0), aspect=(0.75, 1.33))",
+        test_pp="center_clip(frames=16, stride=4)|resize_short(size=224)|center_crop(size=224)",
+        num_workers=16,
+    )
+    width, heads = DECODER[args.size]
+    c.model = dict(name="vit", size=args.size, patch=(2, 16, 16), drop_path=0.0)
+    c.objective = dict(
+        name="videomae", mask="tube", mask_ratio=0.9, decoder_width=width, decoder_depth=4,
+        decoder_heads=heads, norm_pix_loss=True,
+    )
+    c.optim = dict(
+        name="adamw", lr=1.5e-4, lr_base_batch=256, b1=0.9, b2=0.95, weight_decay=0.05,
+        warmup_epochs=40.0, end_lr=1e-5, schedule="cosine",
+    )
+    c.ckpt = dict(every_steps=2000, keep=3)
+    c.evals = dict()
+    if args.runlocal:
+        c.total_epochs = None
+        c.total_steps = 3
+        c.log_every_steps = 1
+        c.compute_dtype = "float32"
+        c.data = runlocal_data(
+            "uniform_clip(frames=8, stride=2)|random_resized_crop(size=32, area=(0.43, 1.0))",
+            "center_clip(frames=8, stride=2)|resize_short(size=32)|center_crop(size=32)",
+        )
+        c.model = TINY_VIT
+        c.objective.update(decoder_width=32, decoder_depth=1, decoder_heads=2)
+        c.optim.update(warmup_epochs=None, warmup_steps=1, lr_base_batch=None, lr=1e-3)
+    return c

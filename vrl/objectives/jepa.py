@@ -1,0 +1,215 @@
+"""Masked latent prediction: V-JEPA (EMA target) and SALT (frozen teacher).
+
+Both run the encoder on the context tokens of each mask type, let a narrow predictor fill in
+every other position, and regress (L1) layer-normalised target features on the tokens the mask
+type hides, averaged over mask types. They differ only in where targets come from:
+
+  vjepa  an exponential moving average of the encoder itself, momentum 0.998 -> 1.0
+         (Bardes et al. 2024)
+  salt   a frozen teacher loaded from a stage-1 checkpoint (pixel reconstruction under the
+         same masks: the `videomae` objective with mask="vjepa"); teacher and student sizes
+         may differ; no EMA, no stop-gradient tricks
+"""
+
+import abc
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vrl import registry
+from vrl.config import ConfigError
+from vrl.models import heads, layers
+from vrl.objectives import base, masking
+
+
+def layer_norm_features(x: jax.Array) -> jax.Array:
+    """Parameter-free layer norm over the feature axis (V-JEPA's target normalisation)."""
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LatentPrediction(base.Objective):
+    """Shared by V-JEPA and SALT: masks, predictor, loss; subclasses supply the targets."""
+
+    encoder: nn.Module
+    predictor_width: int = 384
+    predictor_depth: int = 12
+    predictor_heads: int = 12
+    num_blocks: tuple[int, ...] = (8, 2)
+    block_scale: tuple[float, ...] = (0.15, 0.7)
+    block_aspect: tuple[float, float] = (0.75, 1.5)
+    # Quantile of the visible-token count that fixes K (see vrl.data.masks.multiblock_mask).
+    keep_quantile: float = 0.1
+    normalize_targets: bool = True
+
+    name = "latent prediction"
+
+    def predictor(self, out_dim: int) -> heads.JEPAPredictor:
+        return heads.JEPAPredictor(
+            width=self.predictor_width,
+            depth=self.predictor_depth,
+            heads=self.predictor_heads,
+            out_dim=out_dim,
+            num_mask_types=len(self.num_blocks),
+            dtype=self.encoder.dtype,
+        )
+
+    def batch_ops(self, clip):
+        grid = masking.token_grid(self.encoder, clip, self.name)
+        return masking.mask_ops(
+            "vjepa",
+            grid,
+            "config.objective",
+            num_blocks=self.num_blocks,
+            scale=self.block_scale,
+            aspect=self.block_aspect,
+            keep_quantile=self.keep_quantile,
+        )
+
+    def init_online(self, rng, batch, target_dim: int):
+        enc_rng, pred_rng = jax.random.split(rng)
+        x = layers.to_model_input(batch["video"], self.encoder.dtype)
+        keep_idx, _ = masking.mask_sets(batch)[0]
+        enc_vars = self.encoder.init(enc_rng, x, train=False, keep_idx=keep_idx)
+        context = jnp.zeros((*keep_idx.shape, self.encoder.output_dim), self.encoder.dtype)
+        grid = self.encoder.token_grid(*x.shape[1:4])
+        pred_vars = self.predictor(target_dim).init(
+            pred_rng, context, keep_idx, grid, mask_type=0, train=False
+        )
+        return {"encoder": enc_vars["params"], "predictor": pred_vars["params"]}
+
+    @abc.abstractmethod
+    def targets(self, extra, x) -> jax.Array:
+        """Target features [B, N, D_target] of the full clip (no gradient)."""
+
+    def loss(self, params, extra, batch, rng, train):
+        x = layers.to_model_input(batch["video"], self.encoder.dtype)
+        targets = jax.lax.stop_gradient(self.targets(extra, x))
+        if self.normalize_targets:
+            targets = layer_norm_features(targets)
+        grid = self.encoder.token_grid(*x.shape[1:4])
+        predictor = self.predictor(targets.shape[-1])
+        losses = []
+        for i, (keep_idx, target_mask) in enumerate(masking.mask_sets(batch)):
+            rngs = {"dropout": jax.random.fold_in(rng, i)}
+            context = self.encoder.apply(
+                {"params": params["encoder"]}, x, train=train, keep_idx=keep_idx, rngs=rngs
+            )
+            pred = predictor.apply(
+                {"params": params["predictor"]},
+                context,
+                keep_idx,
+                grid,
+                mask_type=i,
+                train=train,
+                rngs=rngs,
+            )
+            per_token = jnp.mean(jnp.abs(pred.astype(jnp.float32) - targets), axis=-1)
+            losses.append(masking.masked_mean(per_token, target_mask))
+        loss = jnp.mean(jnp.stack(losses))
+        metrics = {f"l1_mask{i}": value for i, value in enumerate(losses)}
+        return loss, (metrics, extra)
+
+
+@registry.register("objective", "vjepa")
+@dataclasses.dataclass(frozen=True)
+class VJEPA(_LatentPrediction):
+    ema_start: float = 0.998
+    ema_end: float = 1.0
+    # Steps over which the momentum goes from ema_start to ema_end (default: the whole run;
+    # V-JEPA stretches its schedules by 1.25: set ema_steps accordingly).
+    ema_steps: int | None = None
+
+    name = "vjepa"
+
+    def for_training(self, total_steps):
+        if self.ema_steps is None:
+            return dataclasses.replace(self, ema_steps=total_steps)
+        return self
+
+    def init(self, rng, batch):
+        params = self.init_online(rng, batch, self.encoder.output_dim)
+        # The target starts as an exact copy of the online encoder.
+        return params, {"target": jax.tree.map(jnp.copy, params["encoder"])}
+
+    def targets(self, extra, x):
+        return self.encoder.apply({"params": extra["target"]}, x, train=False)
+
+    def momentum(self, step):
+        horizon = max(self.ema_steps or 1, 1)
+        frac = jnp.clip(step / horizon, 0.0, 1.0)
+        return self.ema_start + (self.ema_end - self.ema_start) * frac
+
+    def update_extra(self, extra, params, step):
+        m = self.momentum(step)
+        target = jax.tree.map(lambda t, p: m * t + (1.0 - m) * p, extra["target"], params["encoder"])
+        return {**extra, "target": target}
+
+    def encoder_variables(self, params, extra, which="encoder"):
+        if which == "target":
+            return {"params": extra["target"]}
+        return super().encoder_variables(params, extra, which)
+
+    def encoders(self):
+        return ("encoder", "target")
+
+
+@registry.register("objective", "salt")
+@dataclasses.dataclass(frozen=True)
+class SALT(_LatentPrediction):
+    """Stage 2: a student regresses a frozen teacher's latents (`teacher_checkpoint=WORKDIR`)."""
+
+    teacher_checkpoint: str = ""
+    teacher_step: int | None = None
+
+    name = "salt"
+
+    def __post_init__(self):
+        if not self.teacher_checkpoint:
+            raise ConfigError(
+                "config.objective.teacher_checkpoint: required; the workdir of a stage-1 run "
+                "(videomae objective with mask='vjepa')"
+            )
+        self.teacher  # noqa: B018 - reads the teacher's config now, so a bad path fails at start-up
+
+    @functools.cached_property
+    def teacher(self) -> nn.Module:
+        """The teacher's encoder module, built from the config saved with its checkpoint."""
+        from vrl import checkpoint, train  # noqa: PLC0415 - the trainer imports objectives
+
+        try:
+            meta, _ = checkpoint.load_meta(self.teacher_checkpoint, self.teacher_step)
+        except checkpoint.CheckpointError as e:
+            raise ConfigError(f"config.objective.teacher_checkpoint: {e}") from None
+        return train.build_objective(meta["config"], self.encoder.dtype).encoder
+
+    def init(self, rng, batch):
+        online_rng, teacher_rng = jax.random.split(rng)
+        params = self.init_online(online_rng, batch, self.teacher.output_dim)
+        x = layers.to_model_input(batch["video"], self.encoder.dtype)
+        # Placeholder of the right shapes; post_init replaces it with the saved teacher.
+        teacher = self.teacher.init(teacher_rng, x, train=False)
+        return params, {"teacher": teacher}
+
+    def post_init(self, params, extra):
+        from vrl import api, checkpoint  # noqa: PLC0415
+
+        loaded = api.load_encoder(self.teacher_checkpoint, self.teacher_step, "encoder")
+        checkpoint.check_matches(loaded.variables, extra["teacher"], "the SALT teacher")
+        return params, {**extra, "teacher": jax.device_get(loaded.variables)}
+
+    def targets(self, extra, x):
+        return self.teacher.apply(extra["teacher"], x, train=False)
+
+    def encoder_variables(self, params, extra, which="encoder"):
+        if which == "teacher":
+            return extra["teacher"]
+        return super().encoder_variables(params, extra, which)
+
+    def encoders(self):
+        return ("encoder", "teacher")

@@ -1,0 +1,92 @@
+"""VideoMAE: reconstruct the pixels of hidden tubelets from the visible ones (Tong et al. 2022).
+
+Only the visible tokens enter the encoder (90% tube masking by default); a narrow decoder fills
+every position with a mask token, adds positions and predicts pixels. The loss is the MSE on
+hidden tubelets against pixels normalised per tubelet and channel. With `mask="vjepa"` this is
+SALT's stage 1: a pixel-reconstruction teacher under V-JEPA's multi-block masks.
+"""
+
+import dataclasses
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vrl import registry
+from vrl.models import heads, layers
+from vrl.objectives import base, masking
+
+
+def tubelet_targets(video: jax.Array, patch: tuple[int, int, int], normalize: bool) -> jax.Array:
+    """uint8 video [B, T, H, W, 3] -> per-tubelet pixel targets [B, N, pt*ph*pw*3] in [0, 1],
+    optionally normalised per tubelet and channel (mean/std over the tubelet's pixels)."""
+    x = video.astype(jnp.float32) / 255.0 if video.dtype == jnp.uint8 else video.astype(jnp.float32)
+    pt, ph, pw = patch
+    x = einops.rearrange(
+        x, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw) c", pt=pt, ph=ph, pw=pw
+    )
+    if normalize:
+        mean = x.mean(axis=-2, keepdims=True)
+        std = jnp.sqrt(x.var(axis=-2, keepdims=True, ddof=1) + 1e-6)
+        x = (x - mean) / std
+    return einops.rearrange(x, "b n p c -> b n (p c)")
+
+
+@registry.register("objective", "videomae")
+@dataclasses.dataclass(frozen=True)
+class VideoMAE(base.Objective):
+    encoder: nn.Module
+    mask: masking.MaskKind = "tube"
+    mask_ratio: float = 0.9
+    decoder_width: int = 384
+    decoder_depth: int = 4
+    decoder_heads: int = 6
+    norm_pix_loss: bool = True
+
+    @property
+    def decoder(self) -> heads.MAEDecoder:
+        pt, ph, pw = self.encoder.patch
+        return heads.MAEDecoder(
+            width=self.decoder_width,
+            depth=self.decoder_depth,
+            heads=self.decoder_heads,
+            patch_dim=pt * ph * pw * 3,
+            dtype=self.encoder.dtype,
+        )
+
+    def batch_ops(self, clip):
+        grid = masking.token_grid(self.encoder, clip, "videomae")
+        kwargs = {} if self.mask in ("multiblock", "vjepa") else {"ratio": self.mask_ratio}
+        return masking.mask_ops(self.mask, grid, "config.objective.mask", **kwargs)
+
+    def init(self, rng, batch):
+        enc_rng, dec_rng = jax.random.split(rng)
+        x = layers.to_model_input(batch["video"], self.encoder.dtype)
+        keep_idx, _ = masking.mask_sets(batch)[0]
+        enc_vars = self.encoder.init(enc_rng, x, train=False, keep_idx=keep_idx)
+        visible = jnp.zeros((*keep_idx.shape, self.encoder.output_dim), self.encoder.dtype)
+        dec_vars = self.decoder.init(dec_rng, visible, keep_idx, self._grid(x), train=False)
+        return {"encoder": enc_vars["params"], "decoder": dec_vars["params"]}, {}
+
+    def loss(self, params, extra, batch, rng, train):
+        video = batch["video"]
+        x = layers.to_model_input(video, self.encoder.dtype)
+        targets = tubelet_targets(video, self.encoder.patch, self.norm_pix_loss)
+        grid = self._grid(x)
+        losses = []
+        for i, (keep_idx, target_mask) in enumerate(masking.mask_sets(batch)):
+            rngs = {"dropout": jax.random.fold_in(rng, i)}
+            tokens = self.encoder.apply(
+                {"params": params["encoder"]}, x, train=train, keep_idx=keep_idx, rngs=rngs
+            )
+            pred = self.decoder.apply(
+                {"params": params["decoder"]}, tokens, keep_idx, grid, train=train, rngs=rngs
+            )
+            per_token = jnp.mean((pred.astype(jnp.float32) - targets) ** 2, axis=-1)
+            losses.append(masking.masked_mean(per_token, target_mask))
+        loss = jnp.mean(jnp.stack(losses))
+        return loss, ({"reconstruction_mse": loss}, extra)
+
+    def _grid(self, x):
+        return self.encoder.token_grid(*x.shape[1:4])

@@ -1,0 +1,77 @@
+"""Masks for the masked objectives: which pipeline op makes them, and reading them back.
+
+Every masked objective sees its masks as *mask sets*: pairs of `keep_idx` [B, K] (tokens the
+encoder sees) and `target_mask` [B, N] (tokens the loss scores). Tube/random/motion/noise
+masks give one set (target = hidden); V-JEPA's multi-block masks give one set per mask type.
+"""
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from vrl import config as config_lib
+from vrl import registry
+from vrl.objectives.base import ClipSpec
+
+MaskKind = Literal["tube", "random", "motion", "noise", "multiblock", "vjepa"]
+
+_FACTORIES = {
+    "tube": "tube_mask",
+    "random": "random_mask",
+    "motion": "motion_mask",
+    "noise": "noise_mask",
+    "multiblock": "multiblock_mask",
+    "vjepa": "vjepa_masks",
+}
+
+
+def mask_ops(kind: str, grid: tuple[int, int, int], path: str, **kwargs) -> list:
+    """[("mask", op)] making `kind` masks for a token grid."""
+    factory = registry.get("transform", _FACTORIES[kind])
+    try:
+        return [("mask", config_lib.instantiate(factory, kwargs, path, grid=tuple(grid)))]
+    except config_lib.ConfigError:
+        raise
+    except ValueError as e:
+        raise config_lib.ConfigError(f"{path}: {e}") from None
+
+
+def token_grid(encoder, clip: ClipSpec, objective: str) -> tuple[int, int, int]:
+    if clip.views != 1:
+        raise config_lib.ConfigError(
+            f"config.objective ({objective}) takes one clip per video, the train ops make "
+            f"{clip.views} views; use uniform_clip(...) in config.data.train_pp"
+        )
+    if not hasattr(encoder, "token_grid") or type(encoder).__name__ != "ViT":
+        raise config_lib.ConfigError(
+            f"config.objective ({objective}) needs an encoder that takes keep_idx (vit); "
+            f"got config.model.name={_registered_name(encoder)!r}"
+        )
+    return tuple(encoder.token_grid(clip.frames, clip.height, clip.width))
+
+
+def mask_sets(batch: dict) -> list[tuple[jax.Array, jax.Array]]:
+    """[(keep_idx [B, K], target_mask float [B, N])] in mask-type order."""
+    if "keep_idx" in batch:
+        target = batch.get("target_mask", batch["mask"])
+        return [(batch["keep_idx"], target.astype(jnp.float32))]
+    sets, i = [], 0
+    while f"keep_idx/{i}" in batch:
+        sets.append((batch[f"keep_idx/{i}"], batch[f"target_mask/{i}"].astype(jnp.float32)))
+        i += 1
+    if not sets:
+        raise KeyError(f"batch has no masks (keys: {', '.join(sorted(batch))})")
+    return sets
+
+
+def masked_mean(per_token: jax.Array, weights: jax.Array) -> jax.Array:
+    """Mean of per-token losses [B, N] over the tokens with weight 1."""
+    return jnp.sum(per_token * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _registered_name(encoder) -> str:
+    for name in registry.names("model"):
+        if isinstance(encoder, registry.get("model", name)):
+            return name
+    return type(encoder).__name__
