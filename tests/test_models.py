@@ -58,9 +58,14 @@ def test_r3d50_has_cvrl_parameter_count_and_token_grid():
 
 @pytest.mark.parametrize(
     "kernel,strides,shape",
-    [((3, 3, 3), (1, 1, 1), (2, 4, 6, 6, 3)), ((5, 7, 7), (2, 2, 2), (1, 5, 9, 7, 3))],
+    [
+        ((3, 3, 3), (1, 1, 1), (2, 4, 6, 6, 3)),
+        ((5, 7, 7), (2, 2, 2), (1, 5, 9, 7, 3)),
+        ((3, 1, 1), (1, 2, 2), (1, 4, 5, 5, 3)),
+    ],
 )
-def test_conv3d_sum2d_equals_native(kernel, strides, shape):
+def test_conv3d_implementations_agree(kernel, strides, shape):
+    """sum2d and im2col compute the native 3-D convolution: same outputs, same gradients."""
     x = video(0, shape)
     make = lambda impl: layers.Conv3D(4, kernel, strides, use_bias=True, impl=impl)
     params = jit_init(make("native"), x, seed=1)
@@ -69,12 +74,25 @@ def test_conv3d_sum2d_equals_native(kernel, strides, shape):
     def loss(impl, p, x):
         return jnp.sum(jnp.sin(make(impl).apply(p, x)))
 
-    outs = {impl: jax.jit(make(impl).apply)(params, x) for impl in ("native", "sum2d")}
-    np.testing.assert_allclose(outs["native"], outs["sum2d"], rtol=1e-5, atol=1e-5)
+    impls = ("native", "sum2d", "im2col")
+    outs = {impl: jax.jit(make(impl).apply)(params, x) for impl in impls}
     grad = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)
-    grads = {impl: grad(impl, params, x) for impl in ("native", "sum2d")}
-    for a, b in zip(jax.tree.leaves(grads["native"]), jax.tree.leaves(grads["sum2d"])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    grads = {impl: grad(impl, params, x) for impl in impls}
+    for impl in impls[1:]:
+        np.testing.assert_allclose(outs[impl], outs["native"], rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(grads[impl]), jax.tree.leaves(grads["native"])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_impl_auto_choice():
+    resolve = layers.resolve_conv_impl
+    assert resolve("auto", (3, 3, 3), (28, 28), backend="gpu") == "native"
+    assert resolve("auto", (3, 3, 3), (28, 28), backend="cpu") == "sum2d"
+    assert resolve("auto", (1, 3, 3), (2, 2), backend="cpu") == "im2col"  # tiny map
+    assert resolve("auto", (3, 1, 1), (56, 56), backend="cpu") == "im2col"  # pointwise
+    assert resolve("sum2d", (3, 3, 3), (2, 2), backend="tpu") == "sum2d"
+    with pytest.raises(ValueError, match="'native', 'sum2d', 'im2col'"):
+        resolve("fft", (3, 3, 3), (2, 2))
 
 
 def test_r3d18_trains_batch_norm_and_matches_its_token_grid():
@@ -229,6 +247,18 @@ def test_models_run_sharded_under_logical_axis_rules(model):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     specs = [s for s in jax.tree.leaves(nn.get_partition_spec(abstract)) if s != ()]
     assert any(axis is not None for spec in specs for axis in spec)  # something is sharded
+
+
+@pytest.mark.parametrize(
+    "model",
+    [ViT(**TINY_VIT, dtype=jnp.bfloat16), R3D(depth=18, width=0.125, dtype=jnp.bfloat16)],
+    ids=["vit", "r3d"],
+)
+def test_compute_dtype_leaves_parameters_float32(model):
+    clip = jax.ShapeDtypeStruct((2, 4, 32, 32, 3), jnp.float32)
+    out, variables = jax.eval_shape(lambda v: model.init_with_output(key(0), v, train=False), clip)
+    assert out.dtype == jnp.bfloat16
+    assert {x.dtype for x in jax.tree.leaves(nn.unbox(variables))} == {jnp.dtype(jnp.float32)}
 
 
 # --------------------------------------------------------------------------------------- heads

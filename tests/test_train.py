@@ -32,16 +32,28 @@ def final_params(workdir: str, step: int):
     return ckpt_lib.restore_partial(workdir, step, {"params": abstract})["params"]
 
 
+def runlocal_arg(path: str, tmp_path) -> str:
+    """`runlocal`, plus a freshly trained stage-1 teacher for configs that need one."""
+    if "salt_stage2" not in path:
+        return "runlocal"
+    teacher = str(tmp_path / "teacher")
+    stage1 = load_config(path.replace("salt_stage2", "salt_stage1"))
+    stage1.evals = {}
+    train.train_and_evaluate(stage1, teacher)
+    return f"runlocal,teacher={teacher}"
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
 def test_runlocal_config_trains_three_steps(path, tmp_path):
-    config = load_config(path)
+    config = load_config(path, runlocal_arg(path, tmp_path))
     config.total_steps = 3
     config.evals = {}
-    train.train_and_evaluate(config, str(tmp_path))
-    rows = [r for r in read_metrics(str(tmp_path)) if "train/loss" in r]
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+    rows = [r for r in read_metrics(workdir) if "train/loss" in r]
     assert rows[-1]["step"] == 3
     assert all(np.isfinite(r["train/loss"]) for r in rows)
-    assert ckpt_lib.manager(str(tmp_path), read_only=True).all_steps() == [3]
+    assert ckpt_lib.manager(workdir, read_only=True).all_steps() == [3]
 
 
 def quick_config():

@@ -2,24 +2,32 @@
 
     enc = load_encoder("runs/quickstart")
     clip_vectors = enc.embed(video_uint8)      # [B, T, H, W, 3] -> [B, D]
+    tokens = enc.tokens(video_uint8)           # [B, T, H, W, 3] -> [B, N, D]
     feats, labels = extract_features(enc, {"source": {"name": "synthetic"}}, "test")
 """
 
 import dataclasses
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from vrl import checkpoint as ckpt_lib
-from vrl import train
+from vrl import config as config_lib
+from vrl import state
 from vrl.models import layers
+from vrl.objectives import base
 
 
 @dataclasses.dataclass
 class Encoder:
-    """A frozen encoder with jit-compiled `embed` and `tokens`, batched over all devices."""
+    """A frozen encoder with jit-compiled `embed` and `tokens`, batched over all devices.
+
+    Inputs of any length are cut into chunks of `batch_size` (rounded up to a multiple of the
+    device count, the last chunk padded), so each function compiles once per clip shape.
+    """
 
     module: nn.Module
     variables: Any
@@ -41,24 +49,33 @@ class Encoder:
         return self.module.apply(variables, layers.to_model_input(video, self.module.dtype), train=False)
 
     def tokens(self, video: np.ndarray) -> np.ndarray:
-        """[B, T, H, W, 3] (uint8, or [0, 1] float) -> tokens [B, N, D] (float32)."""
-        return self._batched(self._tokens, video)
+        """[B, T, H, W, 3] (uint8, or [0, 1] float) -> tokens [B, N, D] (float32);
+        multi-view [B, V, T, H, W, 3] -> [B, V, N, D]."""
+        return self._views(self._tokens, video)
 
     def embed(self, video: np.ndarray) -> np.ndarray:
         """[B, T, H, W, 3] -> [B, D]; multi-view [B, V, T, H, W, 3] -> [B, V, D]."""
+        return self._views(self._embed, video)
+
+    def _views(self, fn, video: np.ndarray) -> np.ndarray:
         video = np.asarray(video)
         if video.ndim == 6:
             b, v = video.shape[:2]
-            out = self._batched(self._embed, video.reshape(b * v, *video.shape[2:]))
-            return out.reshape(b, v, -1)
-        return self._batched(self._embed, video)
+            out = self._batched(fn, video.reshape(b * v, *video.shape[2:]))
+            return out.reshape(b, v, *out.shape[1:])
+        return self._batched(fn, video)
 
     def _batched(self, fn, video: np.ndarray) -> np.ndarray:
-        video = np.asarray(video)
-        if video.ndim != 5:
-            raise ValueError(f"expected video [B, T, H, W, 3], got shape {video.shape}")
-        chunk = -(-self.batch_size // jax.device_count()) * jax.device_count()
+        if video.ndim != 5 or video.shape[-1] != 3:
+            raise ValueError(
+                f"expected video [B, T, H, W, 3] or [B, V, T, H, W, 3], got shape {video.shape}"
+            )
+        devices = jax.device_count()
+        chunk = -(-self.batch_size // devices) * devices
         sharding = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("data"))
+        if len(video) == 0:
+            spec = jax.eval_shape(fn, self.variables, jax.ShapeDtypeStruct((1, *video.shape[1:]), video.dtype))
+            return np.zeros((0, *spec.shape[1:]), np.float32)
         outputs = []
         for start in range(0, len(video), chunk):
             part = video[start : start + chunk]
@@ -67,45 +84,71 @@ class Encoder:
                 part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
             out = fn(self.variables, jax.device_put(part, sharding))
             outputs.append(np.asarray(jax.device_get(out), np.float32)[: chunk - pad])
-        return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+        return np.concatenate(outputs)
 
 
 def load_encoder(
-    workdir: str, step: int | None = None, which: str = "encoder", batch_size: int = 32
+    workdir: str,
+    step: int | None = None,
+    which: str = "encoder",
+    batch_size: int = 32,
+    *,
+    overrides: Mapping | None = None,
 ) -> Encoder:
     """The encoder saved in `workdir` at `step` (latest by default).
 
     `which` picks the parameters: "encoder" (the trained online encoder), "target" (V-JEPA's
     EMA copy), "teacher" (SALT), or "random" (the same architecture at its initialisation,
-    the baseline every probe should beat). Loading is strict.
+    the baseline every probe should beat). `overrides` is merged onto the saved run config
+    (e.g. {"model": {"dtype": ...}}). Loading is strict: parameters whose names or shapes
+    differ from what the config builds raise CheckpointError listing every difference.
     """
     meta, step = ckpt_lib.load_meta(workdir, step)
-    objective = train.build_objective(meta["config"])
-    abstract_params, abstract_extra = _abstract(objective, meta)
+    if overrides:
+        meta = {**meta, "config": merge(meta["config"], overrides)}
+    objective = base.build(meta["config"])
     if which == "random":
         params, extra = _init(objective, meta, seed=meta["config"].get("seed", 0))
     else:
         if which not in objective.encoders():
-            raise ValueError(
+            raise config_lib.ConfigError(
                 f"{workdir}: objective {meta['config']['objective']['name']!r} has no {which!r} "
                 f"encoder; allowed: {', '.join((*objective.encoders(), 'random'))}"
             )
-        restored = ckpt_lib.restore_partial(
-            workdir, step, {"params": abstract_params, "extra": abstract_extra}
-        )
-        params, extra = restored["params"], restored["extra"]
+        params, extra = restore_variables(workdir, step, objective, meta)
     variables = objective.encoder_variables(params, extra, "encoder" if which == "random" else which)
     return Encoder(objective.encoder, variables, meta["config"], step, which, batch_size)
 
 
+def restore_variables(workdir: str, step: int, objective: base.Objective, meta: dict):
+    """(params, extra) of a checkpoint as host arrays, strictly checked against `objective`."""
+    abstract_params, abstract_extra = abstract_variables(objective, meta)
+    restored = ckpt_lib.restore_partial(
+        workdir, step, {"params": abstract_params, "extra": abstract_extra}
+    )
+    return restored["params"], restored["extra"]
+
+
+def merge(base_cfg: Mapping, overrides: Mapping) -> dict:
+    """A copy of `base_cfg` with `overrides` merged in, nested dicts merged key by key."""
+    out = dict(base_cfg)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _init(objective, meta: dict, seed: int):
-    batch = train.spec_batch(meta["init_batch"])
+    batch = state.spec_batch(meta["init_batch"])
     params, extra = jax.jit(lambda r: nn.meta.unbox(objective.init(r, batch)))(jax.random.key(seed))
     return params, extra
 
 
-def _abstract(objective, meta: dict):
-    batch = train.spec_batch(meta["init_batch"])
+def abstract_variables(objective, meta: dict):
+    """Zero host arrays shaped like the (params, extra) the saved config builds (no init runs)."""
+    batch = state.spec_batch(meta["init_batch"])
     shapes = jax.eval_shape(lambda r: nn.meta.unbox(objective.init(r, batch)), jax.random.key(0))
     to_numpy = lambda s: np.zeros(s.shape, s.dtype)  # restored onto the host, then placed
     return jax.tree.map(to_numpy, shapes[0]), jax.tree.map(to_numpy, shapes[1])
@@ -118,14 +161,31 @@ def extract_features(
     *,
     pp: str | None = None,
     batch_size: int | None = None,
+    kind: Literal["pooled", "tokens"] = "pooled",
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Pooled features [N, D] (or [N, V, D] for multi-view pp) and labels {set: [N]} of a split.
+    """Features and labels {label set: [N]} of a whole split, in split order.
 
-    `source_config` is a `config.data` dict (at least `source`); `pp` defaults to its `test_pp`
-    or, when absent, the encoder's training config's `data.test_pp`.
+    kind "pooled": clip vectors [N, D] ([N, V, D] for a multi-view pp); "tokens": the token
+    sequences [N, n_tokens, D] ([N, V, n_tokens, D]). `source_config` is a `config.data` dict
+    (at least `source`), merged onto the encoder's training `config.data`; `pp` defaults to its
+    `test_pp`.
     """
     from vrl.probe import features  # noqa: PLC0415 - keeps the data stack out of plain imports
 
     data = {**encoder.config.get("data", {}), **source_config}
-    return features.extract(encoder, data, split, pp=pp, batch_size=batch_size)
+    return features.extract(encoder, data, split, pp=pp, batch_size=batch_size, kind=kind)
 
+
+def load_clips(
+    encoder: Encoder,
+    source_config: dict,
+    split: str,
+    indices: Sequence[int],
+    *,
+    pp: str | None = None,
+) -> np.ndarray:
+    """uint8 clips [K, T, H, W, 3] (or [K, V, ...]) of examples `indices`, as the probes see them."""
+    from vrl.probe import features  # noqa: PLC0415
+
+    data = {**encoder.config.get("data", {}), **source_config}
+    return features.clips(data, split, indices, pp=pp)

@@ -1,7 +1,13 @@
 """python -m vrl.main --config=configs/<name>.py[:arg] --workdir=DIR [--config.key=value ...]
 
-Starts the JAX multi-controller runtime when the run spans several processes (explicit
-flags, SLURM, Cloud TPU pods), then hands off to `train.train_and_evaluate`.
+Starts the JAX multi-controller runtime when the run spans several processes, then hands off
+to `train.train_and_evaluate`. Every process runs this same command; each reads its own slice of
+every global batch, process 0 writes the metrics and Orbax coordinates the checkpoint writes.
+
+  explicit    --coordinator_address=HOST:PORT --num_processes=N --process_id=I (launch/local.sh)
+  detected    Cloud TPU pods, SLURM (srun), Open MPI, or JAX_COORDINATOR_ADDRESS in the
+              environment: `jax.distributed.initialize()` reads the rest from it
+              (JAX_LOCAL_DEVICE_IDS picks this process's GPUs; launch/gpu_slurm.sbatch sets it)
 """
 
 import os
@@ -29,14 +35,19 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "Fake CPU devices per process (testing meshes without accelerators)."
 )
+_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout_s", 300, "Seconds to wait for every process to join the coordinator."
+)
 
 
-def multi_process_environment() -> bool:
-    if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+def multi_process_environment(environ=os.environ) -> bool:
+    """Whether the environment shows a run of several processes (see the module docstring)."""
+    if _COORDINATOR.value or environ.get("JAX_COORDINATOR_ADDRESS"):
         return True
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return True
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    for count in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES"):
+        if int(environ.get(count, "1") or "1") > 1:
+            return True
+    hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
     return len([h for h in hosts.split(",") if h]) > 1
 
 
@@ -49,13 +60,28 @@ def initialize_runtime() -> None:
     if not wanted:
         return
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or _CPU_DEVICES.value:
+        # CPU collectives across processes (the in-process default cannot reach other hosts).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
+    try:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+            initialization_timeout=_TIMEOUT.value,
+        )
+    except ValueError as e:  # nothing told jax where the coordinator is
+        raise app.UsageError(
+            f"--distributed={_DISTRIBUTED.value}: {e} Pass --coordinator_address, "
+            "--num_processes and --process_id, or run under SLURM / Open MPI / a Cloud TPU pod "
+            "(or set --distributed=no for a single process)."
+        ) from None
+    logging.info(
+        "Process %d of %d; %d local of %d devices.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
     )
-    logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
 
 def main(argv):

@@ -6,18 +6,16 @@ it trains: it only calls the `vrl.objectives.base.Objective` contract.
 """
 
 import dataclasses
+import json
 import os
 import signal
 import time
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from vrl import checkpoint as ckpt_lib
@@ -25,7 +23,9 @@ from vrl import config as config_lib
 from vrl import metrics as metrics_lib
 from vrl import optim, sharding
 from vrl.data import pipeline
+from vrl.objectives import base
 from vrl.objectives.base import ClipSpec, Objective
+from vrl.state import TrainState, abstract_state, batch_spec, init_state, make_train_step
 
 SECTIONS = ("data", "model", "objective", "optim", "mesh", "ckpt", "evals")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -77,14 +77,6 @@ class Setup:
     config: dict
 
 
-def build_objective(config: Mapping, dtype=jnp.float32) -> Objective:
-    """The objective (with its encoder) that a config describes."""
-    encoder = config_lib.component("model", config.get("model"), "config.model", dtype=dtype)
-    return config_lib.component(
-        "objective", config.get("objective"), "config.objective", encoder=encoder
-    )
-
-
 def setup(config: Any) -> Setup:
     """Checks every key of the config; raises config.ConfigError with a one-line message."""
     config = config_lib.to_dict(config)
@@ -102,116 +94,11 @@ def setup(config: Any) -> Setup:
         optim=config_lib.instantiate(optim.OptimConfig, run.optim, "config.optim"),
         mesh=config_lib.instantiate(sharding.MeshConfig, run.mesh, "config.mesh"),
         ckpt=config_lib.instantiate(ckpt_lib.CheckpointConfig, run.ckpt, "config.ckpt"),
-        objective=build_objective(config, DTYPES[run.compute_dtype]),
+        objective=base.build(config, DTYPES[run.compute_dtype]),
         train_source=pipeline.make_source(data, data.train_split),
         train_ops=pipeline.make_ops(data.train_pp, "config.data.train_pp"),
         config=config,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# State
-# ----------------------------------------------------------------------------------------------
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    extra: Any
-    skipped_steps: jax.Array
-
-
-def init_state(objective: Objective, tx, init_batch: dict, mesh, rules, seed: int):
-    """(state, shardings): the state is created directly in its sharded layout."""
-
-    def init(rng):
-        params, extra = objective.init(rng, init_batch)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            extra=extra,
-            skipped_steps=jnp.zeros((), jnp.int32),
-        )
-
-    rng = jax.random.key(seed)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init, rng)
-        shardings = sharding.logical_shardings(abstract, mesh, rules)
-        state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
-    return state, shardings
-
-
-def abstract_state(state_shardings, state) -> Any:
-    return jax.tree.map(
-        lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shardings, state
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Step
-# ----------------------------------------------------------------------------------------------
-
-
-def make_train_step(objective: Objective, tx, lr_schedule, seed: int, accum: int, skip_nonfinite: bool):
-    base_key = jax.random.key(seed)
-
-    def grads_of(params, extra, batch, rng):
-        def loss_fn(p):
-            return objective.loss(p, extra, batch, rng, True)
-
-        (loss, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return loss, metrics, extra, grads
-
-    def accumulated(params, extra, batch, rng):
-        micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
-
-        def body(carry, xs):
-            extra, grads_sum = carry
-            mb, i = xs
-            loss, metrics, extra, grads = grads_of(params, extra, mb, jax.random.fold_in(rng, i))
-            return (extra, jax.tree.map(jnp.add, grads_sum, grads)), (loss, metrics)
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (extra, grads), (losses, metrics) = jax.lax.scan(
-            body, (extra, zeros), (micro, jnp.arange(accum))
-        )
-        grads = jax.tree.map(lambda g: g / accum, grads)
-        return losses.mean(), jax.tree.map(jnp.mean, metrics), extra, grads
-
-    def train_step(state: TrainState, batch: dict):
-        rng = jax.random.fold_in(base_key, state.step)
-        compute = accumulated if accum > 1 else grads_of
-        loss, metrics, extra, grads = compute(state.params, state.extra, batch, rng)
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        extra = objective.update_extra(extra, params, state.step)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = TrainState(state.step + 1, params, opt_state, extra, state.skipped_steps)
-        if skip_nonfinite:
-            keep_old = lambda new_x, old_x: jnp.where(finite, new_x, old_x)
-            new = new.replace(
-                params=jax.tree.map(keep_old, new.params, state.params),
-                opt_state=jax.tree.map(keep_old, new.opt_state, state.opt_state),
-                extra=jax.tree.map(keep_old, new.extra, state.extra),
-                skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
-            )
-        metrics = {f"train/{k}": v for k, v in metrics.items()}
-        metrics.update(
-            {
-                "train/loss": loss,
-                "train/grad_norm": grad_norm,
-                "train/lr": lr_schedule(state.step),
-                "train/finite": finite,
-                "train/skipped_steps": new.skipped_steps,
-            }
-        )
-        return new, metrics
-
-    return train_step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,15 +129,20 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict:
-    """Trains (resuming from `workdir` if it holds checkpoints), then runs `config.evals`."""
+def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
+    """Trains (resuming from `workdir` if it holds checkpoints), then runs `config.evals`.
+
+    `step_hook(step, state) -> metrics or None` runs after every step; the metrics it returns
+    are written at that step (the fine-tuning probe evaluates every N steps this way).
+    """
     s = setup(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(s.mesh)
     rules = s.mesh.axis_rules()
-    local_batch = sharding.batch_size_per_process(s.data.batch_size, mesh)
-    logging.info("Mesh %s over %d devices (%d processes); %d clips per process per step.",
-                 dict(mesh.shape), mesh.size, jax.process_count(), local_batch)
+    local_batch = sharding.batch_size_per_process(
+        s.data.batch_size, mesh, s.optim.grad_accum_steps
+    )
+    logging.info("%s; %d clips per process per step.", sharding.describe(mesh, s.mesh), local_batch)
 
     # --- Data -------------------------------------------------------------------------------
     steps_per_epoch = max(len(s.train_source) // s.data.batch_size, 1)
@@ -279,7 +171,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     mngr = ckpt_lib.manager(workdir, s.ckpt)
     latest = mngr.latest_step()
     if latest is not None:
-        ckpt_lib.restore_data(mngr, latest, data_iter)
+        restore_data_any_layout(mngr, latest, data_iter, workdir)
     first_batch = next(data_iter)
     device_batch, _ = pipeline.split_host_keys(first_batch)
     init_batch = {k: np.asarray(v[:2]) for k, v in device_batch.items()}
@@ -300,11 +192,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     step_fn = make_train_step(
         objective, tx, lr_schedule, s.run.seed, s.optim.grad_accum_steps, s.run.on_nonfinite == "skip"
     )
-    if s.data.batch_size % (s.optim.grad_accum_steps * mesh.shape["data"] * mesh.shape["fsdp"]):
-        raise config_lib.ConfigError(
-            f"config.optim.grad_accum_steps={s.optim.grad_accum_steps}: each micro-batch must "
-            f"split over the data-parallel size; batch_size={s.data.batch_size}"
-        )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         batch_shardings = {
             k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in device_batch.items()
@@ -342,6 +229,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                 if pending is not None:
                     _finish_step(pending, s, progress, writer, timers, data_stats)
                 pending = (step + 1, step_metrics)
+                hooked = step_hook(step + 1, state) if step_hook is not None else None
+                if hooked:
+                    writer.write(step + 1, hooked)
                 preempted = preemption.requested_at is not None or mngr.reached_preemption(step + 1)
                 if (step + 1) % s.ckpt.every_steps == 0 or step + 1 == total_steps or preempted:
                     # Check this step before saving it, so a non-finite state is never saved.
@@ -434,14 +324,31 @@ def clip_spec(maker: pipeline.ExampleMaker) -> ClipSpec:
     return ClipSpec(frames=video.shape[-4], height=video.shape[-3], width=video.shape[-2], views=views)
 
 
-def batch_spec(batch: dict) -> dict[str, list]:
-    """{key: [shape, dtype]} of a batch, JSON-friendly (stored with checkpoints)."""
-    return {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in batch.items()}
+def restore_data_any_layout(mngr, step: int, data_iter, workdir: str) -> None:
+    """Restores the data iterator, also from a checkpoint saved with another process count.
 
-
-def spec_batch(spec: dict[str, list]) -> dict[str, np.ndarray]:
-    """Zeros shaped like a stored `batch_spec`."""
-    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
+    Each process's iterator counts global batches (every process takes its slice of each one),
+    so the saved per-process states are identical and any of them continues the run; they are
+    checked to be identical before one is used.
+    """
+    saved = os.path.join(ckpt_lib.directory(workdir), str(step), ckpt_lib.DATA)
+    own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not os.path.isdir(saved) or os.path.exists(os.path.join(saved, own)):
+        ckpt_lib.restore_data(mngr, step, data_iter)
+        return
+    states = {}
+    for name in sorted(os.listdir(saved)):
+        if name.startswith("process_") and name.endswith(".json"):
+            with open(os.path.join(saved, name)) as f:
+                states[name] = json.load(f)
+    if not states or any(v != next(iter(states.values())) for v in states.values()):
+        raise ckpt_lib.CheckpointError(
+            f"cannot resume the data iterator of {saved} on {jax.process_count()} process(es): "
+            f"the saved per-process states {sorted(states)} differ or are missing"
+        )
+    data_iter.set_state(next(iter(states.values())))
+    logging.info("Data iterator of step %d restored from %d saved process(es) on %d.",
+                 step, len(states), jax.process_count())
 
 
 def log_parameters(state: TrainState) -> None:

@@ -4,8 +4,8 @@ Frame index i means "the frame shown at time i / fps", where fps is the requeste
 stream's average rate when None). For each requested time the decoder returns the frame with
 the largest presentation timestamp at or before it, so variable-frame-rate files and
 resampling to another rate both work by timestamps rather than by counting frames. A frame
-counts as shown at t when its timestamp is within `_tolerance` of t, because containers such
-as WebM round timestamps to milliseconds.
+counts as shown at t when its timestamp is at most 1 ms (or a tenth of a frame, if less) after
+t, because containers such as WebM round timestamps to milliseconds.
 
 Only what a clip needs is decoded: the requested times are visited in order, and before a
 time that lies well ahead of the decoder the container seeks back to the keyframe preceding
@@ -15,6 +15,7 @@ frame) raises `sources.DecodeError` naming the file and the reason.
 """
 
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -181,7 +182,6 @@ class _Reader:
         self.start = stream.start_time if stream.start_time is not None else 0
         self.period = 1.0 / (native_fps * self.time_base)  # one native frame, in ticks
         self.tolerance = min(1e-3 / self.time_base, 0.1 * self.period)
-        self.keyframes = self._keyframe_ticks(stream)
         self.frames: Iterator[Any] | None = None
         self.prev = self.ahead = None  # last frame at or before the cursor; the next frame
         self.prev_ticks = self.ahead_ticks = None
@@ -283,10 +283,11 @@ class _Reader:
         self.from_start = ticks is None
         self.error = None
 
-    @staticmethod
-    def _keyframe_ticks(stream) -> np.ndarray | None:
+    @functools.cached_property
+    def keyframes(self) -> np.ndarray | None:
+        """Keyframe timestamps from the container's index (built only if a window needs it)."""
         try:
-            keys = [e.timestamp for e in stream.index_entries if e.is_keyframe]
+            keys = [e.timestamp for e in self.stream.index_entries if e.is_keyframe]
         except (AttributeError, av.FFmpegError):
             return None
         return np.asarray(sorted(keys), np.int64) if len(keys) > 1 else None

@@ -154,7 +154,6 @@ def _run_task(task: _Task) -> tuple[_Task, str, str]:
         return task, "failed", str(e)
     except Exception as e:  # one odd input must not end a run over thousands of them
         return task, "failed", f"{task.path}: {type(e).__name__}: {e}"
-    item.update(id=task.id, label=task.label)
     os.makedirs(os.path.dirname(task.cache), exist_ok=True)
     partial = f"{task.cache}.{os.getpid()}.tmp"
     with open(partial, "wb") as f:
@@ -212,8 +211,8 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             setattr(summary, status, getattr(summary, status) + 1)
             with open(task.cache, "rb") as f:
                 item = pickle.load(f)
-            example = {
-                "id": item["id"].encode("utf-8"),
+            example = {  # id and label from this run's manifest: only pixels are cached
+                "id": task.id.encode("utf-8"),
                 "num_frames": item["num_frames"],
                 "fps": item["fps"],
             }
@@ -222,7 +221,7 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             else:
                 example["frames"] = item["frames"]
             if self._classes is not None:
-                example["label"] = item["label"]
+                example["label"] = task.label
             summary.examples += 1
             yield task.id, example
 

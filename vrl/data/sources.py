@@ -10,7 +10,9 @@ Record keys every source provides:
   num_frames  int, frames in the video at its native rate
   fps         float, native frame rate
   labels      dict label-set name -> int class index (may be empty)
-Any other key is the source's payload for `decode`.
+Any other key is the source's payload for `decode`. A source configured to resample videos to
+a fixed rate (`fps`) reports num_frames and fps at that rate, so indices always count frames as
+the source presents them.
 """
 
 import abc
@@ -240,7 +242,7 @@ class VideoFolder(Source):
             raise ValueError(f"video_folder: fps must be positive, got {self.fps}")
         if self.short_side is not None and self.short_side <= 0:
             raise ValueError(f"video_folder: short_side must be positive, got {self.short_side}")
-        self._root = self.root.replace("{split}", self.split)
+        self._root = os.path.expanduser(self.root.replace("{split}", self.split))
         if not os.path.isdir(self._root):
             raise FileNotFoundError(f"video_folder: root {self._root} is not a directory")
         if self.manifest is not None:
@@ -248,7 +250,7 @@ class VideoFolder(Source):
         else:
             paths, labels, meta, names = self._from_tree()
         self._paths, self._labels, self._meta, self._names = paths, labels, meta, names
-        self._probed: dict[int, tuple[int, float]] = {}
+        self._probed: dict[int, tuple[int, float, str | None]] = {}
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -303,7 +305,8 @@ class VideoFolder(Source):
         return self._probed[index]
 
     def _from_manifest(self):
-        pattern = os.path.join(self.root, self.manifest)  # an absolute manifest stays as is
+        # An absolute manifest stays as it is; a relative one is relative to the root.
+        pattern = os.path.join(os.path.expanduser(self.root), os.path.expanduser(self.manifest))
         path = pattern.replace("{split}", self.split)
         where = f"video_folder manifest {path}"
         rows = read_manifest(path)
@@ -337,6 +340,7 @@ class VideoFolder(Source):
             raise ValueError(
                 f"{where}: class folder(s) not in `classes`: {', '.join(unknown[:_SHOWN])}"
             )
+        index = {name: i for i, name in enumerate(names)}
         paths, labels = [], []
         for folder in folders:
             for dirpath, dirnames, filenames in os.walk(os.path.join(self._root, folder)):
@@ -344,7 +348,7 @@ class VideoFolder(Source):
                 for filename in sorted(filenames):
                     if not filename.startswith("."):
                         paths.append(os.path.relpath(os.path.join(dirpath, filename), self._root))
-                        labels.append(names.index(folder))
+                        labels.append(index[folder])
         if not paths:
             raise ValueError(f"{where}: no videos found (expected root/<class name>/<video>)")
         check_extensions(paths, self.extensions, where)

@@ -1,13 +1,19 @@
 """The built-in synthetic motion dataset: textured objects moving over textured backgrounds.
 
 Why it exists: the quickstart and the tests need a dataset with no files on which a *video*
-learner beats an image learner. Every video shows one textured object doing one of eight
-motions, four time-reversed pairs (left/right, up/down, approach/recede, clockwise/
-counterclockwise), over a drifting textured background. The design keeps motion out of any
-single frame: positions live on a torus (the object wraps around the edges) with a uniform
-start, orientation starts uniform, and the object's log-scale runs as a sawtooth with a
-uniform phase, so at every frame the position, orientation and size of the object have the
-same distribution whatever the motion. Only the change between frames tells the classes apart.
+learner beats an image learner. Every video shows a few textured objects of one shape doing
+one of eight motions, four time-reversed pairs (left/right, up/down, approach/recede,
+clockwise/counterclockwise), over a drifting textured background.
+
+Two design rules carry the purpose:
+- No single frame tells the motion. Positions live on a torus (objects wrap around the edges)
+  with a uniform start, orientations start uniform, and the log-scale runs as a sawtooth with
+  a uniform phase, so at every frame position, orientation and size have one distribution
+  whatever the motion. Only the change between frames tells the classes apart.
+- Motion is what two clips of a video share, not looks. Objects live for `lifetime` frames and
+  are replaced by a fresh object (new texture, colour, place, size) that keeps the video's
+  shape and motion, and backgrounds come from a small shared pool; a contrastive learner that
+  pairs clips of one video cannot tell videos apart by the look of their objects or backdrop.
 
 Everything is a pure function of (seed, split, index, frame): records are cheap metadata and
 `decode` renders only the requested frames, vectorised in numpy. Object instances (shape plus
@@ -40,14 +46,20 @@ SHAPES = ("disc", "square", "triangle", "cross", "star", "ring")
 
 # Side of the square texture tile glued to every object, in texels.
 _TEXTURE_SIZE = 32
-# Tags that keep the random streams of videos, textures and per-frame noise apart.
-_VIDEO_STREAM, _TEXTURE_STREAM, _NOISE_STREAM = 0, 1, 2
+# Tags that keep the random streams of videos, textures, noise and backgrounds apart.
+_VIDEO_STREAM, _TEXTURE_STREAM, _NOISE_STREAM, _BACKGROUND_STREAM = 0, 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectParams:
-    """One object of a video: its own look and starting pose (lengths in pixels)."""
+    """One object of a video: its look, its pose at t = 0 (lengths in pixels), when it shows.
 
+    The pose is extrapolated to t = 0 even for an object that appears later, so that the pose
+    at any frame is a uniform draw whatever the motion.
+    """
+
+    first_frame: int  # the object is on screen for first_frame <= t < end_frame
+    end_frame: int
     texture_id: int
     radius: float  # radius at scale 1
     position: tuple[float, float]  # (x, y) at t = 0, on the torus [0, size)^2
@@ -60,6 +72,7 @@ class VideoParams:
     """Everything that defines one video; a frame is a pure function of these and its index.
 
     All objects share the shape and the motion (the labels) and differ in look and start.
+    `objects` lists every object of the video; each one shows in its own window of frames.
     Times are in frames. Each object's log-scale is a sawtooth:
     log(scale(t)) = log(lo) + frac(scale_phase + zoom * t) * log(hi / lo).
     """
@@ -70,7 +83,7 @@ class VideoParams:
     velocity: tuple[float, float]  # (vx, vy) pixels per frame
     spin: float  # radians per frame, > 0 is clockwise on screen
     zoom: float  # fraction of the log-scale range per frame, > 0 grows
-    background_seed: int
+    background_id: int  # index into the shared background pool
     noise_seed: int
     background_offset: tuple[float, float]  # (x, y) shift of the background at t = 0
     background_velocity: tuple[float, float]  # per frame, independent of the motion label
@@ -90,14 +103,16 @@ class SyntheticMotion(sources.Source):
     size: int = 64
     fps: float = 25.0
     seed: int = 0
-    objects: int = 3  # objects per video, all with the video's shape and motion
+    objects: int = 3  # objects on screen at once, all with the video's shape and motion
+    lifetime: int = 12  # frames an object lives before a fresh one replaces it; 0: forever
     speed: tuple[float, float] = (0.01, 0.03)  # translation, fraction of `size` per frame
     spin: tuple[float, float] = (0.05, 0.15)  # rotation, radians per frame
     zoom: tuple[float, float] = (0.01, 0.025)  # fraction of the log-scale range per frame
     scale_range: tuple[float, float] = (0.6, 1.8)  # object scale, sawtooth in log space
-    radius: tuple[float, float] = (0.12, 0.18)  # object radius at scale 1, fraction of `size`
+    radius: tuple[float, float] = (0.1, 0.15)  # object radius at scale 1, fraction of `size`
     background_drift: float = 0.005  # largest background speed, fraction of `size` per frame
     background_contrast: float = 0.12  # std of the background texture around its mean colour
+    backgrounds: int = 8  # size of the background pool shared by all videos and splits
     noise: float = 0.02  # std of per-pixel noise, in [0, 1] intensity units
     textures_per_split: int = 256  # object texture pool of each split (pools are disjoint)
 
@@ -117,10 +132,11 @@ class SyntheticMotion(sources.Source):
                 raise ValueError(f"synthetic: {key} must be (low, high) with 0 <= low <= high")
         if self.scale_range[0] <= 0:
             raise ValueError(f"synthetic: scale_range must be positive, got {self.scale_range}")
-        if self.objects < 1:
-            raise ValueError(f"synthetic: objects must be >= 1, got {self.objects}")
-        if self.textures_per_split < 1:
-            raise ValueError("synthetic: textures_per_split must be >= 1")
+        for key in ("objects", "backgrounds", "textures_per_split"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"synthetic: {key} must be >= 1, got {getattr(self, key)}")
+        if self.lifetime < 0:
+            raise ValueError(f"synthetic: lifetime must be >= 0 (0: forever), got {self.lifetime}")
 
     # ---- records -------------------------------------------------------------------------
 
@@ -173,30 +189,42 @@ class SyntheticMotion(sources.Source):
             "up": (0.0, -speed),
             "down": (0.0, speed),
         }.get(MOTIONS[motion], (0.0, 0.0))
-        objects = tuple(
-            ObjectParams(
-                texture_id=split_id * self.textures_per_split
-                + int(rng.integers(self.textures_per_split)),
-                radius=float(rng.uniform(*self.radius) * size),
-                position=(float(rng.uniform(0, size)), float(rng.uniform(0, size))),
-                angle=float(rng.uniform(0, 2 * np.pi)),
-                scale_phase=float(rng.uniform()),
-            )
-            for _ in range(self.objects)
-        )
+        objects = []
+        for _ in range(self.objects):
+            # Lives of one screen slot tile [0, frames), starting at a random phase.
+            life = self.lifetime or self.frames
+            first = -int(rng.integers(life)) if self.lifetime else 0
+            while first < self.frames:
+                objects.append(self._draw_object(rng, split_id, first, first + life))
+                first += life
         drift_angle = rng.uniform(0, 2 * np.pi)
         drift = rng.uniform(0, self.background_drift) * size
         return VideoParams(
             motion=motion,
             shape=shape,
-            objects=objects,
+            objects=tuple(objects),
             velocity=velocity,
             spin={"clockwise": spin, "counterclockwise": -spin}.get(MOTIONS[motion], 0.0),
             zoom={"approach": zoom, "recede": -zoom}.get(MOTIONS[motion], 0.0),
-            background_seed=int(rng.integers(2**31)),
+            background_id=int(rng.integers(self.backgrounds)),
             noise_seed=int(rng.integers(2**31)),
             background_offset=(float(rng.uniform(0, size)), float(rng.uniform(0, size))),
             background_velocity=(drift * np.cos(drift_angle), drift * np.sin(drift_angle)),
+        )
+
+    def _draw_object(
+        self, rng: np.random.Generator, split_id: int, first: int, end: int
+    ) -> ObjectParams:
+        size = self.size
+        return ObjectParams(
+            first_frame=max(first, 0),
+            end_frame=min(end, self.frames),
+            texture_id=split_id * self.textures_per_split
+            + int(rng.integers(self.textures_per_split)),
+            radius=float(rng.uniform(*self.radius) * size),
+            position=(float(rng.uniform(0, size)), float(rng.uniform(0, size))),
+            angle=float(rng.uniform(0, 2 * np.pi)),
+            scale_phase=float(rng.uniform()),
         )
 
     # ---- rendering -----------------------------------------------------------------------
@@ -208,7 +236,7 @@ class SyntheticMotion(sources.Source):
         return rgb[inverse].reshape(*shape, self.size, self.size, 3)
 
     def object_masks(self, record: dict[str, Any], frame_indices: np.ndarray) -> np.ndarray:
-        """bool [*frame_indices.shape, size, size]: where the object is (for checks and plots)."""
+        """bool [*frame_indices.shape, size, size]: where objects are (for checks and plots)."""
         params, t, inverse, shape = self._prepare(record, frame_indices)
         _, mask = self.render(params, t)
         return mask[inverse].reshape(*shape, self.size, self.size)
@@ -242,9 +270,8 @@ class SyntheticMotion(sources.Source):
         t = np.asarray(t, np.float32).reshape(-1)
 
         # Background: windows into a 2x2 tiling of a seamless tile, shifted by the drift.
-        tiles = np.tile(
-            _background(params.background_seed, size, self.background_contrast), (2, 2, 1)
-        )
+        tile = _background(self.seed, params.background_id, size, self.background_contrast)
+        tiles = np.tile(tile, (2, 2, 1))
         ox = np.round(params.background_offset[0] + params.background_velocity[0] * t)
         oy = np.round(params.background_offset[1] + params.background_velocity[1] * t)
         ox, oy = ox.astype(np.int64) % size, oy.astype(np.int64) % size
@@ -254,9 +281,14 @@ class SyntheticMotion(sources.Source):
 
         masks = np.zeros((len(t), size, size), bool)
         for obj in params.objects:
-            mask, colours = self._render_object(params, obj, t)
-            pixels[mask] = colours
-            masks |= mask
+            alive = (t >= obj.first_frame) & (t < obj.end_frame)
+            if not alive.any():
+                continue
+            mask, colours = self._render_object(params, obj, t[alive])
+            frame, y, x = np.nonzero(mask)  # in the order of `colours`
+            frame = np.flatnonzero(alive)[frame]
+            pixels[frame, y, x] = colours
+            masks[frame, y, x] = True
 
         if self.noise > 0:
             pixels += _frame_noise(size, params.noise_seed, t, self.noise)
@@ -365,11 +397,10 @@ def _object_texture(seed: int, texture_id: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _background(seed: int, size: int, contrast: float) -> np.ndarray:
+def _background(seed: int, background_id: int, size: int, contrast: float) -> np.ndarray:
     """float32 [size, size, 3] seamless tile: a pale colour with smooth light and colour noise."""
-    rng = np.random.default_rng([seed, size])
-    # One spectrum and a narrow range of pale colours for all videos: a background tells
-    # videos apart only by its exact pattern, not by a per-video style.
+    rng = np.random.default_rng([seed, _BACKGROUND_STREAM, background_id, size])
+    # One spectrum and a narrow range of pale colours: no background stands out by its style.
     base = _hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.2), rng.uniform(0.4, 0.6))
     shade = _smooth_noise(rng, (size, size), 2.0, 1)
     tint = _smooth_noise(rng, (size, size), 2.0, 3)
@@ -382,7 +413,7 @@ def _background(seed: int, size: int, contrast: float) -> np.ndarray:
 def _frame_noise(size: int, noise_seed: int, t: np.ndarray, std: float) -> np.ndarray:
     """float32 [F, size, size, 3] zero-mean uniform noise of std `std`, fixed per (video, frame).
 
-    Uniform rather than Gaussian: four times cheaper to draw, and as good at hiding exact pixels.
+    Uniform rather than Gaussian: several times cheaper to draw, as good at hiding exact pixels.
     """
     out = np.empty((len(t), size, size, 3), np.float32)
     for i, frame in enumerate(t.astype(np.int64)):

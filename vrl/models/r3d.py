@@ -92,8 +92,8 @@ class R3D(nn.Module):
     """CVRL's 3-D ResNet encoder.
 
     `width` multiplies every channel count (CVRL's R3D-152 2x uses 2.0). `conv_impl` picks how
-    3-D convolutions are computed ("auto": sum of 2-D convolutions on CPU, native elsewhere);
-    the parameters are the same either way.
+    convolutions are computed ("auto": native on accelerators, the fastest CPU form per layer,
+    see `layers.resolve_conv_impl`); the parameters are the same either way.
     """
 
     depth: Literal[18, 34, 50, 101, 152] = 50

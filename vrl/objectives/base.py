@@ -14,11 +14,12 @@ Variables are split in two trees:
 import abc
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -104,3 +105,13 @@ def layer_ids(params: PyTree) -> tuple[PyTree, int]:
         return num_layers + 1
 
     return jax.tree_util.tree_map_with_path(number, params), num_layers
+
+
+def build(config: Mapping, dtype=jnp.float32) -> Objective:
+    """The objective (with its encoder) that a run config (a plain dict) describes."""
+    from vrl import config as config_lib  # noqa: PLC0415 - config imports the registry
+
+    encoder = config_lib.component("model", config.get("model"), "config.model", dtype=dtype)
+    return config_lib.component(
+        "objective", config.get("objective"), "config.objective", encoder=encoder
+    )

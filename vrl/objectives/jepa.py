@@ -180,13 +180,13 @@ class SALT(_LatentPrediction):
     @functools.cached_property
     def teacher(self) -> nn.Module:
         """The teacher's encoder module, built from the config saved with its checkpoint."""
-        from vrl import checkpoint, train  # noqa: PLC0415 - the trainer imports objectives
+        from vrl import checkpoint  # noqa: PLC0415 - orbax only when a teacher is used
 
         try:
             meta, _ = checkpoint.load_meta(self.teacher_checkpoint, self.teacher_step)
         except checkpoint.CheckpointError as e:
             raise ConfigError(f"config.objective.teacher_checkpoint: {e}") from None
-        return train.build_objective(meta["config"], self.encoder.dtype).encoder
+        return base.build(meta["config"], self.encoder.dtype).encoder
 
     def init(self, rng, batch):
         online_rng, teacher_rng = jax.random.split(rng)

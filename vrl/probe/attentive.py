@@ -1,0 +1,185 @@
+"""Attentive probe on frozen tokens (V-JEPA protocol).
+
+One learned query cross-attends over the frozen encoder's tokens (`AttentivePooler`: one
+cross-attention block plus its MLP), then a linear classifier. With `segments=S`, a multi-view
+pp's views are grouped as S temporal segments x the remaining spatial views (the layout of
+`multiview_clips(num_clips=S)|...|three_crop`): the tokens of the S segments of a view are
+concatenated into one sequence, and each spatial view is classified on its own, its
+probabilities averaged at test time (every view is a training example).
+
+Every (lr, weight decay) pair of the grid is its own probe; all of them train together in one
+jitted step (vmap over a leading probe axis) on the same batches. The best probe is reported,
+chosen on test top-1 (V-JEPA 2's multi-head protocol) or, with `holdout_fraction > 0`, on a
+held-out part of the train videos; every probe's numbers are in the result.
+
+Tokens are cached on the host as [N, V, n_tokens, D], so the train split must fit in memory.
+"""
+
+import dataclasses
+import functools
+import itertools
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vrl import optim, registry
+from vrl.config import ConfigError
+from vrl.models import heads as heads_lib
+from vrl.probe import scores
+
+_HEAD_CHOICES = (16, 12, 8, 6, 4, 2, 1)
+
+
+class AttentiveClassifier(nn.Module):
+    """AttentivePooler (one query) + a linear layer: tokens [B, n, D] -> logits [B, C]."""
+
+    num_classes: int
+    heads: int
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        pooled = heads_lib.AttentivePooler(num_queries=1, heads=self.heads, name="pooler")(tokens)
+        return nn.Dense(self.num_classes, name="classifier")(pooled[:, 0])
+
+
+@registry.register("probe", "attentive")
+@dataclasses.dataclass(frozen=True)
+class AttentiveProbe:
+    inputs: ClassVar[str] = "tokens"
+
+    lrs: tuple[float, ...] = (1e-3,)
+    weight_decays: tuple[float, ...] = (0.01,)
+    epochs: int = 20
+    batch_size: int = 128
+    warmup_epochs: float = 0.0
+    segments: int = 1
+    heads: int | None = None  # None: the largest of 16, 12, 8, 6, 4, 2, 1 dividing the width
+    holdout_fraction: float = 0.0
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.lrs or not self.weight_decays:
+            raise ConfigError("config.probe.lrs / weight_decays: need at least one value each")
+        if self.segments < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"config.probe: segments, epochs and batch_size must be >= 1, got "
+                f"{self.segments}, {self.epochs}, {self.batch_size}"
+            )
+
+    @property
+    def grid(self) -> list[tuple[float, float]]:
+        return list(itertools.product(self.lrs, self.weight_decays))
+
+    def run(self, train_x, train_y, test_x, test_y, num_classes: int) -> dict:
+        train_x = self.group_segments(scores.view_tokens(train_x), "train")
+        test_x = self.group_segments(scores.view_tokens(test_x), "test")
+        train_y = np.asarray(train_y, np.int32)
+        heads = self.heads or next(h for h in _HEAD_CHOICES if train_x.shape[-1] % h == 0)
+        model = AttentiveClassifier(num_classes, heads)
+        fit_idx = np.arange(len(train_x))
+        held_idx = None
+        if self.holdout_fraction > 0:
+            fit_idx, held_idx = scores.holdout_split(train_y, self.holdout_fraction, self.seed)
+        params = self.train(model, train_x[fit_idx], train_y[fit_idx])
+        test_probs = self.predict(model, params, test_x)  # [P, M, C]
+        probes = []
+        for p, (lr, wd) in enumerate(self.grid):
+            m = scores.classification(test_probs[p], test_y, num_classes)
+            probes.append({"lr": lr, "weight_decay": wd, "top1": m["top1"], "top5": m["top5"]})
+        if held_idx is not None:
+            held_probs = self.predict(model, params, train_x[held_idx])
+            for p, entry in enumerate(probes):
+                entry["holdout_top1"] = scores.top1(held_probs[p], train_y[held_idx])
+        key = "holdout_top1" if held_idx is not None else "top1"
+        best = max(range(len(probes)), key=lambda p: probes[p][key])  # first best on ties
+        return {
+            **scores.classification(test_probs[best], test_y, num_classes),
+            "best_lr": probes[best]["lr"],
+            "best_weight_decay": probes[best]["weight_decay"],
+            "selected_by": "holdout" if held_idx is not None else "test",
+            "probes": probes,
+            "heads": heads,
+            "num_train": int(len(fit_idx) * train_x.shape[1]),
+        }
+
+    def group_segments(self, x: np.ndarray, split: str) -> np.ndarray:
+        """[N, S * V, n, D] (segment-major views) -> [N, V, S * n, D]."""
+        n, views, tokens, dim = x.shape
+        if views % self.segments:
+            raise ConfigError(
+                f"config.probe.segments={self.segments}: the {split} pipeline gives {views} "
+                "views per video, not a multiple of the segments"
+            )
+        spatial = views // self.segments
+        x = x.reshape(n, self.segments, spatial, tokens, dim).transpose(0, 2, 1, 3, 4)
+        return x.reshape(n, spatial, self.segments * tokens, dim)
+
+    def train(self, model: AttentiveClassifier, x: np.ndarray, y: np.ndarray):
+        """Trains every probe of the grid at once on [N, V, L, D] tokens; returns stacked params."""
+        n, views = x.shape[:2]
+        examples = x.reshape(n * views, *x.shape[2:])
+        labels = np.repeat(y, views)
+        batch = min(self.batch_size, len(examples))
+        steps_per_epoch = max(len(examples) // batch, 1)
+        total = self.epochs * steps_per_epoch
+        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total, warmup + 1))
+        lrs = jnp.asarray([lr for lr, _ in self.grid], jnp.float32)
+        wds = jnp.asarray([wd for _, wd in self.grid], jnp.float32)
+
+        def make_tx(lr, wd):
+            return optax.adamw(lambda s: lr * schedule(s), weight_decay=wd, mask=optim.kernel_mask)
+
+        keys = jax.random.split(jax.random.key(self.seed), len(self.grid))
+        sample = jnp.asarray(examples[:1])
+        params = jax.vmap(lambda k: nn.meta.unbox(model.init(k, sample))["params"])(keys)
+        opt_state = jax.vmap(lambda p, lr, wd: make_tx(lr, wd).init(p))(params, lrs, wds)
+
+        @jax.jit
+        def step(params, opt_state, xb, yb):
+            def one(p, o, lr, wd):
+                def loss_fn(p):
+                    logits = model.apply({"params": p}, xb)
+                    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+                loss, grads = jax.value_and_grad(loss_fn)(p)
+                updates, o = make_tx(lr, wd).update(grads, o, p)
+                return optax.apply_updates(p, updates), o, loss
+
+            return jax.vmap(one)(params, opt_state, lrs, wds)
+
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.epochs):
+            order = rng.permutation(len(examples))[: steps_per_epoch * batch]
+            for idx in order.reshape(steps_per_epoch, batch):
+                params, opt_state, _ = step(params, opt_state, examples[idx], labels[idx])
+        return params
+
+    def predict(self, model: AttentiveClassifier, params, x: np.ndarray) -> np.ndarray:
+        """View-averaged probabilities [P, N, C] of every probe for tokens [N, V, L, D]."""
+        chunk = max(1, min(self.eval_batch_size, len(x)))
+        out = []
+        for start in range(0, len(x), chunk):
+            part = x[start : start + chunk]
+            pad = chunk - len(part)
+            if pad:
+                part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+            out.append(np.asarray(_view_probs(model, params, part))[:, : chunk - pad])
+        return np.concatenate(out, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _view_probs(model: AttentiveClassifier, params, x):
+    n, views = x.shape[:2]
+    flat = x.reshape(n * views, *x.shape[2:])
+
+    def one(p):
+        probs = jax.nn.softmax(model.apply({"params": p}, flat), axis=-1)
+        return probs.reshape(n, views, -1).mean(axis=1)
+
+    return jax.vmap(one)(params)
