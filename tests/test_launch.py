@@ -77,7 +77,7 @@ def test_local_rejects_bad_arguments(args, message):
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Stands in for python: acts on --process_id.
 for a in "$@"; do case "$a" in --process_id=*) id="${a#*=}" ;; esac; done
-trap 'echo "got TERM"; exit 0' TERM
+trap 'echo "got TERM"; kill "$!"; exit 0' TERM
 echo "process $id platforms=${JAX_PLATFORMS:-unset}"
 case "$MODE" in
   codes) exit $((id + 3)) ;;

@@ -46,7 +46,8 @@ class Encoder:
         self._embed = jax.jit(lambda v, x: self.module.pool(self._tokens_fn(v, x)))
 
     def _tokens_fn(self, variables, video):
-        return self.module.apply(variables, layers.to_model_input(video, self.module.dtype), train=False)
+        x = layers.to_model_input(video, self.module.dtype)
+        return self.module.apply(variables, x, train=False)
 
     def tokens(self, video: np.ndarray) -> np.ndarray:
         """[B, T, H, W, 3] (uint8, or [0, 1] float) -> tokens [B, N, D] (float32);
@@ -74,7 +75,8 @@ class Encoder:
         chunk = -(-self.batch_size // devices) * devices
         sharding = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("data"))
         if len(video) == 0:
-            spec = jax.eval_shape(fn, self.variables, jax.ShapeDtypeStruct((1, *video.shape[1:]), video.dtype))
+            one = jax.ShapeDtypeStruct((1, *video.shape[1:]), video.dtype)
+            spec = jax.eval_shape(fn, self.variables, one)
             return np.zeros((0, *spec.shape[1:]), np.float32)
         outputs = []
         for start in range(0, len(video), chunk):
@@ -116,7 +118,8 @@ def load_encoder(
                 f"encoder; allowed: {', '.join((*objective.encoders(), 'random'))}"
             )
         params, extra = restore_variables(workdir, step, objective, meta)
-    variables = objective.encoder_variables(params, extra, "encoder" if which == "random" else which)
+    which_params = "encoder" if which == "random" else which
+    variables = objective.encoder_variables(params, extra, which_params)
     return Encoder(objective.encoder, variables, meta["config"], step, which, batch_size)
 
 
@@ -184,7 +187,7 @@ def load_clips(
     *,
     pp: str | None = None,
 ) -> np.ndarray:
-    """uint8 clips [K, T, H, W, 3] (or [K, V, ...]) of examples `indices`, as the probes see them."""
+    """uint8 clips [K, T, H, W, 3] (or [K, V, ...]) of examples `indices`, as probes see them."""
     from vrl.probe import features  # noqa: PLC0415
 
     data = {**encoder.config.get("data", {}), **source_config}

@@ -136,7 +136,7 @@ class AttentivePooler(nn.Module):
     """Learned queries cross-attend over tokens [B, N, D], then an MLP: returns [B, Q, D]."""
 
     num_queries: int = 1
-    heads: int = 12
+    heads: int = 16  # divides every ViT width (192 ... 1408)
     mlp_ratio: int = 4
     dtype: Any = jnp.float32
 

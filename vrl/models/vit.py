@@ -293,22 +293,17 @@ class ViT(nn.Module):
 
         block = block_class(self.remat, self.remat_policy)
         rates = np.linspace(0.0, self.drop_path, depth)  # stochastic depth grows with depth
-        learner = None
+        layer, grid = self.tokenlearner_layer, (t, h, w)
         for i in range(depth):
-            make_block = lambda i=i: block(
-                heads, mlp_dim, float(rates[i]), dtype=self.dtype, name=f"block{i}"
-            )
-            if self.tokenlearner_layer is None or i < self.tokenlearner_layer:
-                x = make_block()(x, train)
-            elif self.tokenfuser:
-                x = self._fused_block(x, make_block(), (t, h, w), i, train)
-            else:
-                if learner is None:
-                    learner = self._learner("tokenlearner")
-                    x = self._learn_tokens(learner, x, (t, h, w))
-                x = make_block()(x, train)
-        if self.tokenlearner_layer == depth and not self.tokenfuser:
-            x = self._learn_tokens(self._learner("tokenlearner"), x, (t, h, w))
+            blk = block(heads, mlp_dim, float(rates[i]), dtype=self.dtype, name=f"block{i}")
+            if layer is not None and i >= layer and self.tokenfuser:
+                x = self._fused_block(x, blk, grid, i, train)
+                continue
+            if layer == i:
+                x = self._learn_tokens(self._learner("tokenlearner"), x, grid)
+            x = blk(x, train)
+        if layer == depth and not self.tokenfuser:
+            x = self._learn_tokens(self._learner("tokenlearner"), x, grid)
         x = layers.layer_norm(dtype=self.dtype, name="norm")(x)
         return layers.constrain(x, TOKEN_AXES)
 

@@ -1,4 +1,7 @@
-"""python -m vrl.probe --config=configs/probe/linear.py --config.checkpoint=WORKDIR [--config.x=...]"""
+"""python -m vrl.probe --config=configs/probe/<kind>.py --config.checkpoint=WORKDIR [--config.x=..]
+
+<kind>: linear, attentive, knn or finetune (see configs/probe/).
+"""
 
 import sys
 

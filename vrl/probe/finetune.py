@@ -80,9 +80,11 @@ class FinetuneProbe:
         objective = base.build(config)
         data_cfg = config_lib.instantiate(pipeline.DataConfig, config["data"], "config.data")
 
+        forward = make_forward(objective)
+
         def evaluate(params, extra, mesh):
             return predict(
-                objective, params, extra, data_cfg, test_pp, eval_batch_size, mesh, label_set
+                forward, params, extra, data_cfg, test_pp, eval_batch_size, mesh, label_set
             )
 
         def hook(step: int, state) -> dict | None:
@@ -95,7 +97,9 @@ class FinetuneProbe:
             logging.info("Fine-tuning step %d: test top1 %.2f", step, metrics["top1"])
             return {"test/top1": metrics["top1"], "test/top5": metrics["top5"]}
 
-        logging.info("Fine-tuning %s (%s) for %d steps into %s.", checkpoint, which, total_steps, workdir)
+        logging.info(
+            "Fine-tuning %s (%s) for %d steps into %s.", checkpoint, which, total_steps, workdir
+        )
         train.train_and_evaluate(config, workdir, step_hook=hook)
 
         meta, final_step = ckpt_lib.load_meta(workdir)
@@ -120,7 +124,8 @@ class FinetuneProbe:
         """The supervised run config that fine-tunes the checkpoint's encoder."""
         data = {**data, "batch_size": self.batch_size, "train_pp": train_pp}
         data_cfg = config_lib.instantiate(pipeline.DataConfig, data, "config.data")
-        steps_per_epoch = max(len(pipeline.make_source(data_cfg, data_cfg.train_split)) // self.batch_size, 1)
+        train_videos = len(pipeline.make_source(data_cfg, data_cfg.train_split))
+        steps_per_epoch = max(train_videos // self.batch_size, 1)
         model = dict(run_config["model"])
         accepts = config_lib.parameters(registry.get("model", model["name"]))
         if "drop_path" in accepts:
@@ -165,8 +170,29 @@ class FinetuneProbe:
         }
 
 
-def predict(objective, params, extra, data_cfg, pp: str, batch_size: int, mesh, label_set: str):
-    """(view-averaged probabilities [N, C], pooled features [N, V, D], labels [N]) of the test split.
+def make_forward(objective):
+    """Jitted (batch -> view-averaged probabilities, pooled features, labels, valid flags)."""
+    dtype = objective.encoder.dtype
+
+    @jax.jit
+    def forward(params, extra, batch):
+        video = batch["video"]
+        if video.ndim == 5:
+            video = video[:, None]
+        b, v = video.shape[:2]
+        x = layers.to_model_input(video.reshape(b * v, *video.shape[2:]), dtype)
+        variables = objective.encoder_variables(params, extra)
+        features = objective.encoder.pool(objective.encoder.apply(variables, x, train=False))
+        logits = objective.head.apply({"params": params["head"]}, features, train=False)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(b, v, -1)
+        features = features.astype(jnp.float32).reshape(b, v, -1)
+        return probs.mean(axis=1), features, batch["label"], batch["valid"]
+
+    return forward
+
+
+def predict(forward, params, extra, data_cfg, pp: str, batch_size: int, mesh, label_set: str):
+    """(view-averaged probabilities [N, C], pooled features [N, V, D], labels [N]) of test.
 
     Batches are split over the mesh's data axes; each process reads its share and the results
     are gathered, so every process returns the whole split in order.
@@ -181,27 +207,13 @@ def predict(objective, params, extra, data_cfg, pp: str, batch_size: int, mesh, 
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    dtype = objective.encoder.dtype
-
-    @jax.jit
-    def forward(params, extra, batch):
-        video = batch["video"]
-        if video.ndim == 5:
-            video = video[:, None]
-        b, v = video.shape[:2]
-        x = layers.to_model_input(video.reshape(b * v, *video.shape[2:]), dtype)
-        variables = objective.encoder_variables(params, extra)
-        features = objective.encoder.pool(objective.encoder.apply(variables, x, train=False))
-        logits = objective.head.apply({"params": params["head"]}, features, train=False)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(b, v, -1)
-        return probs.mean(axis=1), features.astype(jnp.float32).reshape(b, v, -1), batch["label"], batch["valid"]
-
     outputs = []
     for batch in dataset:
         key = f"label/{label_set}"
         host = {"video": batch["video"], "label": batch[key], "valid": batch["valid"]}
         result = forward(params, extra, sharding.to_global(host, mesh))
-        outputs.append([np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in result])
+        gathered = multihost_utils.process_allgather(result, tiled=True)
+        outputs.append([np.asarray(x) for x in gathered])
     probs, features, labels, valid = (np.concatenate(parts) for parts in zip(*outputs))
     valid = valid.astype(bool)
     if valid.sum() != total:
@@ -219,5 +231,7 @@ def read_history(workdir: str) -> list[dict]:
         for line in f:
             row = json.loads(line)
             if "test/top1" in row:
-                history[row["step"]] = {"step": row["step"], "top1": row["test/top1"], "top5": row["test/top5"]}
+                history[row["step"]] = {
+                    "step": row["step"], "top1": row["test/top1"], "top5": row["test/top5"]
+                }
     return [history[s] for s in sorted(history)]

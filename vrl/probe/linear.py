@@ -70,7 +70,7 @@ class LinearProbe:
         return {**metrics, **extra, "num_train": int(train_x.shape[0] * train_x.shape[1])}
 
     def fit(self, train_x: np.ndarray, train_y: np.ndarray, num_classes: int, value: float):
-        """Fits on [N, V, D] features (every view an example); returns scores([N, V, D]) -> [N, C]."""
+        """Fits [N, V, D] features (each view an example); returns scores: [N, V, D] -> [N, C]."""
         views = train_x.shape[1]
         x = self.preprocess(train_x.reshape(-1, train_x.shape[-1]))
         y = np.repeat(train_y, views)

@@ -1,9 +1,12 @@
 """Probe jobs, run by `python -m vrl.probe` (see __main__.py) or at the end of training.
 
 A job reads the encoder's config from the checkpoint (no model flags to repeat), extracts
-frozen features of the train and test splits once per encoder, and runs the configured probe
-on every label set. Results go to `WORKDIR/probe/<name>_<labelset>_<encoder>.json` and to the
-run's metrics.jsonl / TensorBoard as `<name>_<labelset>_<encoder>/<metric>`.
+frozen features of the train and test splits once per encoder (pooled vectors, or token
+sequences for the attentive probe), and runs the configured probe on every label set; the
+fine-tuning probe trains from the checkpoint instead. Results go to
+`WORKDIR/probe/<name>_<labelset>_<encoder>.json` with pictures next to it (per-class accuracy,
+confusion matrix, PCA of the test features), and to the run's metrics.jsonl / TensorBoard as
+`<name>_<labelset>_<encoder>/<metric>`.
 """
 
 import dataclasses
@@ -14,6 +17,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 
 from vrl import api
@@ -21,6 +25,7 @@ from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import metrics as metrics_lib
 from vrl.data import pipeline
+from vrl.probe import plots, views
 
 # Encoder names a probe config may list -> which parameters `api.load_encoder` takes.
 ENCODERS = {"pretrained": "encoder", "target": "target", "teacher": "teacher", "random": "random"}
@@ -35,10 +40,15 @@ class ProbeJobConfig:
     label_sets: tuple[str, ...] | None = None
     # Overrides merged onto the checkpoint's config.data: source, splits, pipelines.
     data: dict = dataclasses.field(default_factory=dict)
-    # Pipelines for the train / test features (default: the data config's test_pp for both).
+    # Pipelines of the train / test splits (default: the data config's test_pp for both; the
+    # fine-tuning probe derives an augmented train_pp from it).
     train_pp: str | None = None
     test_pp: str | None = None
+    # (clips, crops): multi-view testing derived from the data's test_pp when test_pp is unset,
+    # e.g. (5, 3) = 5 evenly spaced clips x 3 crops, scores averaged over the 15 views.
+    test_views: tuple[int, int] | None = None
     batch_size: int = 32
+    plots: bool = True
     name: str | None = None
 
 
@@ -52,6 +62,43 @@ def check_eval_config(cfg: dict, path: str) -> ProbeJobConfig:
                 f"{path}.encoders: unknown encoder {name!r}; allowed: {', '.join(ENCODERS)}"
             )
     return job
+
+
+def job_config(probe: dict, source: str = ""):
+    """A probe config file's ConfigDict: every job key, unset ones as typed placeholders.
+
+    Data defaults to the checkpoint's; `source` names a source whose keys become settable,
+    e.g. `:source=video_folder` then `--config.data.source.root=DIR`.
+    """
+    import ml_collections  # noqa: PLC0415 - only config files need it
+
+    placeholder = ml_collections.config_dict.placeholder
+    c = ml_collections.ConfigDict()
+    c.checkpoint = ""
+    c.step = placeholder(int)
+    c.probe = dict(probe)
+    c.encoders = ("pretrained", "random")
+    c.label_sets = placeholder(tuple)
+    c.data = ml_collections.ConfigDict()
+    c.data.train_split = placeholder(str)
+    c.data.test_split = placeholder(str)
+    if source:
+        c.data.source = config_lib.defaults("source", source)
+    c.train_pp = placeholder(str)
+    c.test_pp = placeholder(str)
+    c.test_views = placeholder(tuple)
+    c.batch_size = 32
+    c.plots = True
+    return c
+
+
+def resolve_test_pp(job: ProbeJobConfig, data_cfg: pipeline.DataConfig) -> str:
+    """The job's test pp: explicit, else `test_views` derived from the data's, else the data's."""
+    if job.test_pp is not None:
+        return job.test_pp
+    if job.test_views is not None:
+        return views.multiview(data_cfg.test_pp, *job.test_views)
+    return data_cfg.test_pp
 
 
 def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, dict]:
@@ -69,24 +116,49 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
     for label_set in label_sets:
         if label_set not in label_names:
             raise config_lib.ConfigError(
-                f"config.label_sets: {label_set!r} not in the data; allowed: {', '.join(label_names)}"
+                f"config.label_sets: {label_set!r} not in the data; "
+                f"allowed: {', '.join(label_names)}"
             )
+    test_pp = resolve_test_pp(job, data_cfg)
     out_dir = os.path.join(job.checkpoint, "probe")
     os.makedirs(out_dir, exist_ok=True)
     own_writer = writer is None
     writer = writer or metrics_lib.Writer(job.checkpoint)
     results = {}
     for encoder_name in job.encoders:
-        t0 = time.perf_counter()
-        encoder = api.load_encoder(job.checkpoint, step, ENCODERS[encoder_name], job.batch_size)
-        train_x, train_y = api.extract_features(encoder, data, data_cfg.train_split, pp=job.train_pp)
-        test_x, test_y = api.extract_features(encoder, data, data_cfg.test_split, pp=job.test_pp)
-        logging.info("Extracted %s features in %.1f s.", encoder_name, time.perf_counter() - t0)
+        if probe.inputs != "checkpoint":
+            t0 = time.perf_counter()
+            encoder = api.load_encoder(job.checkpoint, step, ENCODERS[encoder_name], job.batch_size)
+            train_x, train_y = api.extract_features(
+                encoder, data, data_cfg.train_split, pp=job.train_pp, kind=probe.inputs
+            )
+            test_x, test_y = api.extract_features(
+                encoder, data, data_cfg.test_split, pp=test_pp, kind=probe.inputs
+            )
+            logging.info("Extracted %s %s features in %.1f s: train %s, test %s.", encoder_name,
+                         probe.inputs, time.perf_counter() - t0, train_x.shape, test_x.shape)
         for label_set in label_sets:
             name = f"{probe_name}_{label_set}_{encoder_name}"
-            metrics = probe.run(
-                train_x, train_y[label_set], test_x, test_y[label_set], len(label_names[label_set])
-            )
+            num_classes = len(label_names[label_set])
+            if probe.inputs == "checkpoint":
+                metrics, features, labels = probe.run_checkpoint(
+                    checkpoint=job.checkpoint,
+                    step=step,
+                    which=ENCODERS[encoder_name],
+                    run_config=meta["config"],
+                    data=data,
+                    label_set=label_set,
+                    num_classes=num_classes,
+                    train_pp=job.train_pp,
+                    test_pp=test_pp,
+                    workdir=os.path.join(out_dir, name),
+                    eval_batch_size=job.batch_size,
+                )
+            else:
+                metrics = probe.run(
+                    train_x, train_y[label_set], test_x, test_y[label_set], num_classes
+                )
+                features, labels = pooled(test_x, probe.inputs), test_y[label_set]
             results[name] = metrics
             record = {
                 "name": name,
@@ -95,17 +167,27 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
                 "checkpoint": os.path.abspath(job.checkpoint),
                 "step": step,
                 "encoder": encoder_name,
+                "test_pp": test_pp,
                 "config": config_lib.to_dict(dataclasses.asdict(job)),
                 "git_commit": git_commit(),
             }
             if jax.process_index() == 0:
                 with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
                     json.dump(record, f, indent=1)
+                if job.plots:
+                    plots.write_result_plots(
+                        out_dir, name, metrics, label_names[label_set], features, labels
+                    )
             writer.write(step, {f"{name}/{k}": v for k, v in metrics.items() if _is_scalar(v)})
             logging.info("%s: top1 %.2f", name, metrics["top1"])
     if own_writer:
         writer.close()
     return results
+
+
+def pooled(features: np.ndarray, kind: str) -> np.ndarray:
+    """Clip vectors for plots: tokens [N, (V,) n, D] are averaged over tokens."""
+    return np.asarray(features).mean(axis=-2) if kind == "tokens" else features
 
 
 def run_evals(evals: dict[str, dict], workdir: str, writer=None) -> dict[str, dict]:
@@ -118,8 +200,19 @@ def run_evals(evals: dict[str, dict], workdir: str, writer=None) -> dict[str, di
 
 
 def summary_table(results: dict[str, dict]) -> str:
-    rows = [[name, f"{m['top1']:.1f}", f"{m['top5']:.1f}", m["num_test"]] for name, m in results.items()]
-    return metrics_lib.log_table("Probe results", ["probe_labels_encoder", "top1", "top5", "n"], rows)
+    """top-1 / top-5, and Recall@k where a probe reports retrieval."""
+    recall_keys = sorted(
+        {k for m in results.values() for k in m if k.startswith("recall@")},
+        key=lambda k: int(k.split("@")[1]),
+    )
+    header = ["probe_labels_encoder", "top1", "top5", *recall_keys, "n"]
+    rows = [
+        [name, f"{m['top1']:.1f}", f"{m['top5']:.1f}"]
+        + [f"{m[k]:.1f}" if k in m else "-" for k in recall_keys]
+        + [m["num_test"]]
+        for name, m in results.items()
+    ]
+    return metrics_lib.log_table("Probe results", header, rows)
 
 
 def git_commit() -> str | None:
@@ -134,4 +227,4 @@ def git_commit() -> str | None:
 
 
 def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (int, float))
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -95,13 +95,14 @@ def write_result_plots(
     test_features: np.ndarray | None = None,
     test_labels: np.ndarray | None = None,
 ) -> list[str]:
-    """Writes `<name>_per_class.png`, `<name>_confusion.png` and (given features) `<name>_pca.png`."""
+    """Writes <name>_per_class.png, <name>_confusion.png and (with features) <name>_pca.png."""
     figures = {
         "per_class": per_class_accuracy(metrics["per_class_accuracy"], class_names, name),
         "confusion": confusion_matrix(np.asarray(metrics["confusion"]), class_names, name),
     }
     if test_features is not None and test_labels is not None:
-        figures["pca"] = pca_scatter(test_features, test_labels, class_names, f"{name}: test features")
+        title = f"{name}: test features"
+        figures["pca"] = pca_scatter(test_features, test_labels, class_names, title)
     paths = []
     for kind, fig in figures.items():
         path = os.path.join(out_dir, f"{name}_{kind}.png")

@@ -44,7 +44,9 @@ def _stage(name: str) -> str:
 def multiview(pp: str, clips: int, crops: int, path: str = "config.test_views") -> str:
     """`clips` evenly spaced windows x `crops` (1: the pp's centre crop, 3: three_crop) views."""
     if clips < 1 or crops not in (1, 3):
-        raise config_lib.ConfigError(f"{path}: need clips >= 1 and crops 1 or 3, got ({clips}, {crops})")
+        raise config_lib.ConfigError(
+            f"{path}: need clips >= 1 and crops 1 or 3, got ({clips}, {crops})"
+        )
     window, spatial = _split(pp, path)
     ops = [format_op("multiview_clips", {"num_clips": clips, **window})]
     if crops == 3:
