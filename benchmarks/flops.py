@@ -5,6 +5,9 @@ convolutions (norms, softmax and elementwise work are ignored, as in the MFU lit
 
   ViT block on n tokens, width D, MLP width M:  2n(4D^2 + 2DM) + 4n^2 D
   tubelet embedding of n tokens:                 2n (pt ph pw 3) D
+  TokenLearner v1.1 on a frame of P positions:   2P(D B + B S) + 2 S P D   (bottleneck B, S tokens)
+  TokenLearner v1.0:                             2P 9 (D S + 3 S^2) + 2 S P D
+  TokenFuser:                                    2 D S^2 + 2P(D B + B S) + 2 P S D
   convolution:                                   2 kt kh kw C_in C_out T' H' W'
   training = 3 x forward for trained parts (the backward pass is twice the forward),
              1 x forward for frozen parts (V-JEPA's EMA target, SALT's teacher)
@@ -31,9 +34,46 @@ def vit_flops(encoder: vit.ViT, n_total: int, n_kept: int) -> float:
     return 2 * n_total * pt * ph * pw * 3 * width + depth * vit_block_flops(n_kept, width, mlp)
 
 
-def head_transformer_flops(n: int, k: int, enc_width: int, width: int, depth: int, out: int) -> float:
+def tokenlearner_flops(
+    version: str, positions: int, width: int, tokens: int, bottleneck: int = 64
+) -> float:
+    """Forward FLOPs of one TokenLearner on a frame of `positions` tokens."""
+    if version == "1.1":
+        maps = 2 * positions * (width * bottleneck + bottleneck * tokens)
+    else:
+        maps = 2 * positions * 9 * (width * tokens + 3 * tokens * tokens)
+    return maps + 2 * tokens * positions * width
+
+
+def tokenfuser_flops(positions: int, width: int, tokens: int, bottleneck=64) -> float:
+    """Forward FLOPs of one TokenFuser back onto a frame of `positions` tokens."""
+    mix = 2 * width * tokens * tokens
+    weights = 2 * positions * (width * bottleneck + bottleneck * tokens)
+    return mix + weights + 2 * positions * tokens * width
+
+
+def tokenlearner_vit_flops(encoder: vit.ViT, grid: tuple[int, int, int]) -> float:
+    """Forward FLOPs of a ViT with TokenLearner (and TokenFuser) inserted at its layer."""
+    width, depth, _, mlp = encoder.dims
+    pt, ph, pw = encoder.patch
+    t, h, w = grid
+    n, s = t * h * w, encoder.tokenlearner_tokens
+    layer = encoder.tokenlearner_layer
+    learner = t * tokenlearner_flops(encoder.tokenlearner_version, h * w, width, s)
+    total = 2 * n * pt * ph * pw * 3 * width + layer * vit_block_flops(n, width, mlp)
+    if encoder.tokenfuser:
+        fuser = t * tokenfuser_flops(h * w, width, s)
+        per_block = learner + vit_block_flops(t * s, width, mlp) + fuser
+        return total + (depth - layer) * per_block
+    return total + learner + (depth - layer) * vit_block_flops(t * s, width, mlp)
+
+
+def head_transformer_flops(
+    n: int, k: int, enc_width: int, width: int, depth: int, out: int
+) -> float:
     """Decoder / predictor: embed K tokens, blocks on all N, project N tokens out."""
-    return 2 * k * enc_width * width + depth * vit_block_flops(n, width, 4 * width) + 2 * n * width * out
+    blocks = depth * vit_block_flops(n, width, 4 * width)
+    return 2 * k * enc_width * width + blocks + 2 * n * width * out
 
 
 def r3d_flops(model: r3d.R3D, frames: int, height: int, width: int) -> float:
@@ -44,7 +84,8 @@ def r3d_flops(model: r3d.R3D, frames: int, height: int, width: int) -> float:
     c_in = r3d._scaled(64, model.width)
     total += 2 * 5 * 7 * 7 * 3 * c_in * t * h * w
     h, w = math.ceil(h / 2), math.ceil(w / 2)  # max pool
-    for stage, (count, base_width, kt) in enumerate(zip(counts, r3d.STAGE_WIDTHS, r3d.TEMPORAL_KERNELS)):
+    stages = zip(counts, r3d.STAGE_WIDTHS, r3d.TEMPORAL_KERNELS)
+    for stage, (count, base_width, kt) in enumerate(stages):
         features = r3d._scaled(base_width, model.width)
         for i in range(count):
             stride = 2 if (stage > 0 and i == 0) else 1
@@ -95,4 +136,6 @@ def model_flops(objective, batch: dict, clip) -> float:
             total += 3 * (vit_flops(encoder, n, k) + predictor)
             i += 1
         return size * total
+    if encoder.tokenlearner_layer is not None:
+        return 3 * size * tokenlearner_vit_flops(encoder, vit.token_grid_of(clip, encoder.patch))
     return 3 * size * vit_flops(encoder, n, n)

@@ -1,5 +1,7 @@
 """vrl.api: loading encoders strictly, embedding in batches on every device, features of a split."""
 
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -100,3 +102,15 @@ def test_extract_features_of_a_split(encoder):
     )
     views, _ = api.extract_features(encoder, {}, "test", pp=multiview)
     assert views.shape == (16, 6, 32)
+
+
+def test_teacher_parameters_are_applied_by_the_teacher_module():
+    """SALT's teacher may be another architecture than the student it trains."""
+    from vrl.models.vit import ViT  # noqa: PLC0415
+
+    student, teacher = ViT(size="Ti", width=32, depth=1), ViT(size="Ti", width=16, depth=1)
+    objective = types.SimpleNamespace(encoder=student, teacher=teacher)
+    assert api.encoder_module(objective, "teacher") is teacher
+    assert api.encoder_module(objective, "target") is student  # V-JEPA's EMA copy
+    assert api.encoder_module(objective, "encoder") is student
+    assert api.encoder_module(objective, "random") is student

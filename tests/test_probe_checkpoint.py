@@ -6,6 +6,7 @@ one-block ViT on 16 synthetic videos of 4 frames at 16x16 pixels (8 tokens per c
 
 import atexit
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -35,7 +36,9 @@ def tiny_run_config(total_steps: int = 2) -> dict:
                       "decoder_depth": 1, "decoder_heads": 2},
         "optim": {"name": "adamw", "lr": 1e-2},
         "ckpt": {"every_steps": total_steps, "keep": 1},
-        "evals": {},
+        # Run at the end of training, as config.evals of any run are.
+        "evals": {"end_knn": {"probe": {"name": "knn", "k": 3}, "encoders": ("pretrained",),
+                              "label_sets": ("appearance",), "plots": False}},
     }
 
 
@@ -54,6 +57,17 @@ def fresh_copy(tmp_path) -> str:
     target = os.path.join(str(tmp_path), "run")
     shutil.copytree(tiny_checkpoint(), target)
     return target
+
+
+def test_config_evals_run_at_the_end_of_training():
+    workdir = tiny_checkpoint()
+    with open(os.path.join(workdir, "probe", "end_knn_appearance_pretrained.json")) as f:
+        record = json.load(f)
+    assert record["step"] == 2 and record["config"]["name"] == "end_knn"
+    assert 0.0 <= record["metrics"]["top1"] <= 100.0
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if "end_knn_appearance_pretrained/top1" in line]
+    assert [row["step"] for row in rows] == [2]
 
 
 def test_tiny_checkpoint_trained_away_from_its_initialisation():

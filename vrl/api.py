@@ -110,7 +110,7 @@ def load_encoder(
         meta = {**meta, "config": merge(meta["config"], overrides)}
     objective = base.build(meta["config"])
     if which == "random":
-        params, extra = _init(objective, meta, seed=meta["config"].get("seed", 0))
+        variables = random_encoder_variables(objective, meta)
     else:
         if which not in objective.encoders():
             raise config_lib.ConfigError(
@@ -118,9 +118,17 @@ def load_encoder(
                 f"encoder; allowed: {', '.join((*objective.encoders(), 'random'))}"
             )
         params, extra = restore_variables(workdir, step, objective, meta)
-    which_params = "encoder" if which == "random" else which
-    variables = objective.encoder_variables(params, extra, which_params)
-    return Encoder(objective.encoder, variables, meta["config"], step, which, batch_size)
+        variables = objective.encoder_variables(params, extra, which)
+    module = encoder_module(objective, which)
+    return Encoder(module, variables, meta["config"], step, which, batch_size)
+
+
+def encoder_module(objective: base.Objective, which: str) -> nn.Module:
+    """The module that applies `which` parameters: an objective attribute of that name when it
+    is a module of its own (SALT's `teacher`, possibly another architecture), else the encoder
+    (V-JEPA's EMA `target` shares the encoder's architecture)."""
+    module = getattr(objective, which, None) if which not in ("encoder", "random") else None
+    return module if isinstance(module, nn.Module) else objective.encoder
 
 
 def restore_variables(workdir: str, step: int, objective: base.Objective, meta: dict):
@@ -143,10 +151,23 @@ def merge(base_cfg: Mapping, overrides: Mapping) -> dict:
     return out
 
 
-def _init(objective, meta: dict, seed: int):
-    batch = state.spec_batch(meta["init_batch"])
-    params, extra = jax.jit(lambda r: nn.meta.unbox(objective.init(r, batch)))(jax.random.key(seed))
-    return params, extra
+def random_encoder_variables(objective: base.Objective, meta: dict):
+    """The encoder alone at a fresh initialisation (seeded by the run's seed).
+
+    Only the encoder is initialised: compiling the whole objective's init (decoders,
+    predictors, heads) costs several times more on XLA:CPU and adds nothing to a baseline.
+    """
+    video = state.spec_batch(meta["init_batch"])["video"]
+    if video.ndim == 6:  # multi-view clips [B, V, T, H, W, 3]: one view shapes the encoder
+        video = video[:, 0]
+    encoder = objective.encoder
+
+    @jax.jit
+    def init(rng):
+        x = layers.to_model_input(video, encoder.dtype)
+        return nn.meta.unbox(encoder.init(rng, x, train=False))
+
+    return init(jax.random.key(meta["config"].get("seed", 0)))
 
 
 def abstract_variables(objective, meta: dict):
@@ -192,3 +213,14 @@ def load_clips(
 
     data = {**encoder.config.get("data", {}), **source_config}
     return features.clips(data, split, indices, pp=pp)
+
+
+def class_names(
+    encoder: Encoder, source_config: dict | None = None, split: str | None = None
+) -> dict[str, list[str]]:
+    """{label set: class names} of a split (default: the encoder's training data, test split)."""
+    from vrl.data import pipeline  # noqa: PLC0415
+
+    data = {**encoder.config.get("data", {}), **(source_config or {})}
+    cfg = config_lib.instantiate(pipeline.DataConfig, data, "config.data")
+    return dict(pipeline.make_source(cfg, split or cfg.test_split).label_names)

@@ -3,7 +3,9 @@
 Saving the data iterator with the model makes a resumed run the same run: the next batch after a
 restore is the batch the uninterrupted run would have seen. Restores are strict: a checkpoint
 whose parameter names or shapes differ from what the config builds is an error listing the
-differences, never a silent partial load.
+differences, never a silent partial load. A save that never completed (the process killed
+mid-write, a partial copy) is never restored: Orbax writes `commit_success.txt` last, and a
+step directory without it is set aside and named in the log (see `clear_incomplete`).
 
     python -m vrl.checkpoint WORKDIR    lists saved steps, parameter counts and sha256 digests
 """
@@ -11,14 +13,22 @@ differences, never a silent partial load.
 import dataclasses
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
+import time
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 STATE, DATA, CONFIG = "state", "data", "config"
+# Orbax writes a step into "<step>.orbax-checkpoint-tmp*", writes this marker last, then renames.
+COMMIT_MARKER = "commit_success.txt"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+INCOMPLETE = "checkpoints.incomplete"  # next to checkpoints/: step directories set aside
 
 
 class CheckpointError(RuntimeError):
@@ -34,6 +44,91 @@ class CheckpointConfig:
 
 def directory(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def check_writable(workdir: str) -> None:
+    """Raises CheckpointError unless files can be created in `workdir` and its checkpoints.
+
+    Run at start-up, so that an unwritable workdir is one clear line instead of a failure
+    inside the first asynchronous save, minutes later.
+    """
+    for folder in (os.path.abspath(workdir), directory(workdir)):
+        if folder != os.path.abspath(workdir) and not os.path.isdir(folder):
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+                pass
+        except OSError as e:
+            raise CheckpointError(
+                f"workdir {folder} is not writable ({e.strerror or e}); "
+                "pass a --workdir this user can create files in"
+            ) from None
+
+
+def is_complete(step_dir: str) -> bool:
+    """Whether Orbax finished writing this step directory (its commit marker exists)."""
+    return TMP_MARKER not in os.path.basename(step_dir) and os.path.isfile(
+        os.path.join(step_dir, COMMIT_MARKER)
+    )
+
+
+def clear_incomplete(workdir: str) -> list[str]:
+    """Takes saves that never completed out of the way, before a manager lists the steps.
+
+    Orbax's temporary directories (a kill during a save) are deleted; a step-named directory
+    without the commit marker (a partial copy, a disk that filled up) is moved to
+    WORKDIR/checkpoints.incomplete/ so the step can be saved again and nothing is lost.
+    Returns the paths it found; each one is named in a warning. Call on one process only.
+    """
+    root = directory(workdir)
+    found = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name)
+        if not os.path.isdir(path) or is_complete(path):
+            continue
+        if TMP_MARKER in name:
+            shutil.rmtree(path, ignore_errors=True)
+            logging.warning("Deleted %s: a checkpoint save that was interrupted.", path)
+        elif name.isdigit():
+            aside = os.path.join(os.path.dirname(root), INCOMPLETE, f"{name}-{time.time_ns()}")
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.rename(path, aside)
+            logging.warning(
+                "Checkpoint step %s is incomplete (no %s): not restored; moved %s to %s.",
+                name, COMMIT_MARKER, path, aside,
+            )
+        else:
+            continue
+        found.append(path)
+    return found
+
+
+def complete_steps(workdir: str) -> list[int]:
+    """Steps whose directories Orbax finished writing, ascending."""
+    root = directory(workdir)
+    if not os.path.isdir(root):
+        return []
+    names = [n for n in os.listdir(root) if n.isdigit() and is_complete(os.path.join(root, n))]
+    return sorted(int(n) for n in names)
+
+
+def _save_failed(workdir: str, error: BaseException) -> "CheckpointError":
+    steps = complete_steps(workdir)
+    resume = f"a restart resumes from step {steps[-1]}" if steps else "a restart starts afresh"
+    reason = " ".join(f"{type(error).__name__}: {error}".split())
+    return CheckpointError(
+        f"saving a checkpoint in {directory(workdir)} failed ({reason}); complete checkpoints: "
+        f"{steps or 'none'} ({resume}); check free disk space, quota and write permission"
+    )
+
+
+def wait(mngr, workdir: str) -> None:
+    """Waits for the asynchronous save in flight; a failed save becomes a CheckpointError."""
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - any failure of the writer threads is a failed save
+        raise _save_failed(workdir, e) from e
 
 
 def manager(workdir: str, cfg: CheckpointConfig = CheckpointConfig(), read_only=False):
@@ -56,19 +151,29 @@ def save(mngr, step: int, state, iterator, meta: dict, force: bool = False) -> b
     """Starts an (async) save of everything a resume needs; returns whether it saved.
 
     `meta` is JSON: {"config": the run's config, "init_batch": {key: [shape, dtype]}}, enough to
-    rebuild the model and its parameter shapes anywhere, without the training data.
+    rebuild the model and its parameter shapes anywhere, without the training data. A failure,
+    of this save or of the previous asynchronous one, raises CheckpointError naming the
+    complete checkpoints a restart would resume from.
     """
-    return mngr.save(
-        step,
-        args=ocp.args.Composite(
-            **{
-                STATE: ocp.args.PyTreeSave(state),
-                DATA: grain.checkpoint.CheckpointSave(iterator),
-                CONFIG: ocp.args.JsonSave(meta),
-            }
-        ),
-        force=force,
-    )
+    workdir = os.path.dirname(str(mngr.directory))
+    try:
+        # A directory that became read-only would otherwise surface minutes later as a
+        # timeout inside Orbax's writer threads; an empty file shows it at once.
+        with tempfile.NamedTemporaryFile(dir=str(mngr.directory), prefix=".write-check-"):
+            pass
+        return mngr.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE: ocp.args.PyTreeSave(state),
+                    DATA: grain.checkpoint.CheckpointSave(iterator),
+                    CONFIG: ocp.args.JsonSave(meta),
+                }
+            ),
+            force=force,
+        )
+    except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError, the OS OSError
+        raise _save_failed(workdir, e) from e
 
 
 def restore_data(mngr, step: int, iterator) -> None:
@@ -99,7 +204,14 @@ def load_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
 
 
 def resolve_step(mngr, step: int | None, workdir: str) -> int:
-    steps = mngr.all_steps()
+    """`step`, or the latest complete one; steps whose save never completed are refused."""
+    listed = mngr.all_steps()
+    steps = [s for s in listed if is_complete(os.path.join(directory(workdir), str(s)))]
+    for skipped in sorted(set(listed) - set(steps)):
+        logging.warning(
+            "Checkpoint step %d in %s is incomplete (no %s); not used.",
+            skipped, directory(workdir), COMMIT_MARKER,
+        )
     if not steps:
         raise CheckpointError(f"no checkpoint in {directory(workdir)}")
     if step is None:

@@ -8,17 +8,39 @@ every global batch, process 0 writes the metrics and Orbax coordinates the check
   detected    Cloud TPU pods, SLURM (srun), Open MPI, or JAX_COORDINATOR_ADDRESS in the
               environment: `jax.distributed.initialize()` reads the rest from it
               (JAX_LOCAL_DEVICE_IDS picks this process's GPUs; launch/gpu_slurm.sbatch sets it)
+
+Exit codes (a scheduler can tell what to do from them; docs/RELIABILITY.md lists the messages):
+  0   finished, or preempted (SIGTERM) with the step reached saved: rerun the same command
+  2   config error, before anything ran: fix the config
+  3   training stopped: non-finite loss/gradient, or too many unreadable videos
+  4   checkpoint / disk error: workdir not writable, a save failed (disk full, permissions)
+  75  preempted, but the save outlived config.preemption_grace_s: rerun (resumes from the
+      last complete checkpoint)
+Each non-zero exit prints one line "<kind>: <what happened>" to stderr.
 """
 
 import os
+import signal
 import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from vrl import config as config_lib
-from vrl import metrics, sharding, train
+def _exit_on_sigterm(signum, frame):
+    """Until the trainer takes SIGTERM over there is nothing to save: exit 0 at once."""
+    print("Preempted: SIGTERM outside the training loop; nothing new to save.", file=sys.stderr)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # before the slow imports, which a preemption may interrupt
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from vrl import checkpoint as ckpt_lib  # noqa: E402
+from vrl import config as config_lib  # noqa: E402
+from vrl import metrics, sharding, train  # noqa: E402
+from vrl.data import sources  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and probes.")
@@ -94,8 +116,21 @@ def main(argv):
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (config_lib.ConfigError, sharding.MeshError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail("config error", e, 2)
+    except train.Preempted as e:
+        logging.warning("Preempted: %s.", e)
+        sys.exit(0)
+    except (train.NonFiniteError, sources.DecodeError) as e:
+        _fail("training stopped", e, 3)
+    except (ckpt_lib.CheckpointError, OSError) as e:
+        _fail("checkpoint error", e, 4)
+
+
+def _fail(kind: str, error: BaseException, code: int) -> None:
+    """One line on stderr naming what happened, then exit with `code`."""
+    logging.error("%s: %s", kind, error)
+    print(f"{kind}: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,16 @@ class MeshConfig:
         return tuple(RULES[self.rules])
 
 
+def config_section(**overrides):
+    """`config.mesh` with every key at its default, so that any of them can be set on the
+    command line (`--config.mesh.fsdp=8`): ml_collections only overrides keys that exist."""
+    import ml_collections  # noqa: PLC0415 - only config files need it
+
+    section = ml_collections.ConfigDict(dataclasses.asdict(MeshConfig()))
+    section.update(overrides)
+    return section
+
+
 def axis_sizes(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
     """Fills in the -1 axis so the product is `num_devices`, or raises MeshError."""
     sizes = [cfg.data, cfg.fsdp, cfg.model]
@@ -95,6 +105,8 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     first across slices (TPU) or groups of processes (GPU hosts), then within each."""
     devices = list(devices if devices is not None else jax.devices())
     sizes = axis_sizes(cfg, len(devices))
+    if cfg.dcn_data < 1:
+        raise MeshError(f"config.mesh.dcn_data={cfg.dcn_data}: must be >= 1 (1 = one slice)")
     if cfg.dcn_data > 1:
         array = _hybrid_device_array(sizes, cfg.dcn_data, devices)
     else:
@@ -217,10 +229,10 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
 
     def fit(path, sharding, leaf):
         spec = fit_spec(leaf.shape, sharding.spec, mesh)
-        if spec == sharding.spec:
-            return sharding
-        name = jax.tree_util.keystr(path)
-        fallbacks.append(f"{name} {tuple(leaf.shape)} {sharding.spec} -> {spec}")
+        wanted = _without_trailing_none(sharding.spec)
+        if spec != wanted:
+            name = jax.tree_util.keystr(path)
+            fallbacks.append(f"{name} {tuple(leaf.shape)} {wanted} -> {spec}")
         return NamedSharding(mesh, spec, memory_kind=sharding.memory_kind)
 
     fitted = jax.tree_util.tree_map_with_path(fit, shardings, shapes)
@@ -232,6 +244,13 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
             shown,
         )
     return fitted
+
+
+def _without_trailing_none(spec: PartitionSpec) -> PartitionSpec:
+    entries = list(spec)
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -9,6 +9,8 @@ import dataclasses
 import json
 import os
 import signal
+import sys
+import threading
 import time
 from typing import Any, Literal
 
@@ -17,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
@@ -31,8 +35,20 @@ SECTIONS = ("data", "model", "objective", "optim", "mesh", "ckpt", "evals")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# Exit code of a process whose preemption save outlived config.preemption_grace_s (EX_TEMPFAIL:
+# retry; the restart resumes from the last complete checkpoint).
+PREEMPTION_TIMEOUT_EXIT = 75
+
+
 class NonFiniteError(FloatingPointError):
     """A non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+class Preempted(BaseException):
+    """SIGTERM outside the training loop (start-up, evals), where nothing new needs saving.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it.
+    """
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,17 +104,68 @@ def setup(config: Any) -> Setup:
     for name, probe_cfg in run.evals.items():
         probe_main.check_eval_config(probe_cfg, f"config.evals.{name}")
     data = config_lib.instantiate(pipeline.DataConfig, run.data, "config.data")
+    opt = config_lib.instantiate(optim.OptimConfig, run.optim, "config.optim")
+    ckpt = config_lib.instantiate(ckpt_lib.CheckpointConfig, run.ckpt, "config.ckpt")
+    check_ranges(run, data, opt, ckpt)
     return Setup(
         run=run,
         data=data,
-        optim=config_lib.instantiate(optim.OptimConfig, run.optim, "config.optim"),
+        optim=opt,
         mesh=config_lib.instantiate(sharding.MeshConfig, run.mesh, "config.mesh"),
-        ckpt=config_lib.instantiate(ckpt_lib.CheckpointConfig, run.ckpt, "config.ckpt"),
+        ckpt=ckpt,
         objective=base.build(config, DTYPES[run.compute_dtype]),
         train_source=pipeline.make_source(data, data.train_split),
         train_ops=pipeline.make_ops(data.train_pp, "config.data.train_pp"),
         config=config,
     )
+
+
+def check_ranges(run: TrainConfig, data, opt, ckpt) -> None:
+    """Bounds that types cannot express; a value outside them is a one-line ConfigError."""
+    rules = (
+        ("config.total_steps", run.total_steps, ">= 1", lambda v: v is None or v >= 1),
+        ("config.total_epochs", run.total_epochs, "> 0", lambda v: v is None or v > 0),
+        ("config.log_every_steps", run.log_every_steps, ">= 1", lambda v: v >= 1),
+        ("config.preemption_grace_s", run.preemption_grace_s, "> 0", lambda v: v > 0),
+        ("config.data.batch_size", data.batch_size, ">= 1", lambda v: v >= 1),
+        ("config.data.repeated_samples", data.repeated_samples, ">= 1", lambda v: v >= 1),
+        ("config.data.num_workers", data.num_workers, ">= 0", lambda v: v >= 0),
+        ("config.data.prefetch", data.prefetch, ">= 0", lambda v: v >= 0),
+        ("config.data.max_skip_fraction", data.max_skip_fraction, "in [0, 1]",
+         lambda v: 0 <= v <= 1),
+        ("config.optim.lr", opt.lr, ">= 0", lambda v: v >= 0),
+        ("config.optim.warmup_steps", opt.warmup_steps, ">= 0", lambda v: v >= 0),
+        ("config.optim.grad_accum_steps", opt.grad_accum_steps, ">= 1", lambda v: v >= 1),
+        ("config.ckpt.every_steps", ckpt.every_steps, ">= 1", lambda v: v >= 1),
+        ("config.ckpt.keep", ckpt.keep, ">= 1", lambda v: v >= 1),
+    )
+    for key, value, allowed, ok in rules:
+        if not ok(value):
+            raise config_lib.ConfigError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
+
+
+def check_clip_length(source, example: dict, frames: int, samples: int = 8) -> None:
+    """Refuses clips longer than every video checked (a few spread over the source).
+
+    Short videos are looped or clamped by design, but a clip longer than all of them means
+    every clip repeats frames: almost surely frames x stride set for another dataset.
+    """
+    ones = np.ones(1)
+    step = (
+        np.asarray(example.get("temporal/stride", ones), np.float64)
+        * np.asarray(example.get("temporal/tempo", ones), np.float64)
+        * np.asarray(example.get("temporal/skip", ones), np.float64)
+    )
+    span = int(np.floor((frames - 1) * float(np.max(step)))) + 1
+    indices = np.unique(np.linspace(0, len(source) - 1, min(samples, len(source))).astype(int))
+    longest = max(int(source[int(i)]["num_frames"]) for i in indices)
+    if span > longest:
+        raise config_lib.ConfigError(
+            f"config.data.train_pp: a clip spans {span} frames ({frames} frames, "
+            f"{float(np.max(step)):g} apart), longer than every video checked in "
+            f"config.data.source (at most {longest} frames in {len(indices)} videos); "
+            "use fewer frames or a smaller stride"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,24 +174,61 @@ def setup(config: Any) -> Setup:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks, so it can save and exit cleanly."""
+    """SIGTERM -> save the step reached and exit 0, within `grace_s` seconds.
 
-    def __init__(self):
+    Inside the loop (`deferred`) the handler only sets a flag: the loop finishes its step, saves,
+    waits for the write and returns. Outside it there is nothing new to save, so the handler
+    raises Preempted at once. From the notice on, a watchdog thread ends the process with
+    PREEMPTION_TIMEOUT_EXIT if it is still running after `grace_s`: the scheduler would kill it
+    anyway, and the exit code says the restart resumes from the last complete checkpoint.
+    With several processes jax's preemption sync manager owns SIGTERM (every process must save
+    the same step: `mngr.reached_preemption`), so `install=False` leaves the signal alone.
+    """
+
+    def __init__(self, grace_s: float, install: bool = True):
+        self.grace_s = grace_s
+        self.install = install
         self.requested_at: float | None = None
+        self.deferred = False
         self._previous = None
+        self._watchdog: threading.Timer | None = None
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. inside a notebook executor)
-            self._previous = None
+        if self.install:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a notebook executor)
+                self._previous = None
         return self
 
     def _handle(self, signum, frame):
+        self.notice("SIGTERM")
+        if not self.deferred:
+            raise Preempted("SIGTERM outside the training loop; nothing new to save")
+
+    def notice(self, what: str) -> None:
+        """Records the preemption notice (once) and starts the watchdog."""
+        if self.requested_at is not None:
+            return
         self.requested_at = time.monotonic()
-        logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+        logging.warning("%s received: saving a checkpoint and exiting.", what)
+        self._watchdog = threading.Timer(self.grace_s, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _expire(self) -> None:
+        message = (
+            f"preemption: still running config.preemption_grace_s={self.grace_s:g} s after the "
+            f"notice (the checkpoint did not finish); exiting with code {PREEMPTION_TIMEOUT_EXIT}; "
+            "a restart resumes from the last complete checkpoint"
+        )
+        logging.error("%s", message)
+        print(message, file=sys.stderr, flush=True)
+        os._exit(PREEMPTION_TIMEOUT_EXIT)
 
     def __exit__(self, *exc):
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
@@ -134,9 +238,16 @@ def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
 
     `step_hook(step, state) -> metrics or None` runs after every step; the metrics it returns
     are written at that step (the fine-tuning probe evaluates every N steps this way).
+    A SIGTERM saves the step reached and returns {"preempted_at_step": step}, or raises
+    Preempted where there is nothing new to save (see `_Preemption`).
     """
     s = setup(config)
-    os.makedirs(workdir, exist_ok=True)
+    ckpt_lib.check_writable(workdir)
+    with _Preemption(s.run.preemption_grace_s, install=jax.process_count() == 1) as preemption:
+        return _train_and_evaluate(s, workdir, step_hook, preemption)
+
+
+def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preemption) -> dict:
     mesh = sharding.make_mesh(s.mesh)
     rules = s.mesh.axis_rules()
     local_batch = sharding.batch_size_per_process(
@@ -148,7 +259,9 @@ def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
     steps_per_epoch = max(len(s.train_source) // s.data.batch_size, 1)
     total_steps = s.run.total_steps or int(round(s.run.total_epochs * steps_per_epoch))
     objective = s.objective.for_training(total_steps)
-    clip = clip_spec(pipeline.ExampleMaker(s.train_source, s.train_ops))
+    maker = pipeline.ExampleMaker(s.train_source, s.train_ops)
+    clip = clip_spec(maker)
+    check_clip_length(s.train_source, maker(0, np.random.default_rng(0)), clip.frames)
     extra_ops = objective.batch_ops(clip)
     data_iter = iter(
         pipeline.train_dataset(
@@ -168,6 +281,10 @@ def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
         steps_per_epoch=steps_per_epoch,
         layer_ids=objective.layer_ids,
     )
+    if jax.process_index() == 0:
+        ckpt_lib.clear_incomplete(workdir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("vrl: incomplete checkpoints cleared")
     mngr = ckpt_lib.manager(workdir, s.ckpt)
     latest = mngr.latest_step()
     if latest is not None:
@@ -217,7 +334,8 @@ def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
         data_stats = DataStats(s.data.max_skip_fraction)
         timers = {"time/data_wait": 0.0, "time/ckpt": 0.0, "time/compile": time.perf_counter() - t0}
         batch = first_batch
-        with _Preemption() as preemption:
+        preemption.deferred = True  # from here on SIGTERM waits for the step, then saves it
+        try:
             for step in range(start, total_steps):
                 if step > start:
                     t = time.perf_counter()
@@ -232,7 +350,10 @@ def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
                 hooked = step_hook(step + 1, state) if step_hook is not None else None
                 if hooked:
                     writer.write(step + 1, hooked)
-                preempted = preemption.requested_at is not None or mngr.reached_preemption(step + 1)
+                # Every process calls this every step: it is the multi-process sync point.
+                if mngr.reached_preemption(step + 1):
+                    preemption.notice("Preemption notice (sync point)")
+                preempted = preemption.requested_at is not None
                 if (step + 1) % s.ckpt.every_steps == 0 or step + 1 == total_steps or preempted:
                     # Check this step before saving it, so a non-finite state is never saved.
                     _finish_step(pending, s, progress, writer, timers, data_stats)
@@ -241,15 +362,18 @@ def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
                     ckpt_lib.save(mngr, step + 1, state, data_iter, meta, force=True)
                     timers["time/ckpt"] += time.perf_counter() - t
                 if preempted:
-                    mngr.wait_until_finished()
-                    logging.warning("Saved step %d after SIGTERM; exiting.", step + 1)
-                    writer.close()
-                    return {"preempted_at_step": step + 1}
+                    return _exit_preempted(mngr, writer, workdir, step + 1)
             if pending is not None:
                 _finish_step(pending, s, progress, writer, timers, data_stats)
-        t = time.perf_counter()
-        mngr.wait_until_finished()
-        timers["time/ckpt"] += time.perf_counter() - t
+            t = time.perf_counter()
+            ckpt_lib.wait(mngr, workdir)
+            timers["time/ckpt"] += time.perf_counter() - t
+        except BaseException:
+            _settle(mngr)
+            raise
+        preemption.deferred = False
+        if preemption.requested_at is not None:  # SIGTERM while the last save was written
+            return _exit_preempted(mngr, writer, workdir, total_steps)
     writer.write(total_steps, timers)
 
     # --- Evals ------------------------------------------------------------------------------
@@ -265,14 +389,33 @@ def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
     return results
 
 
+def _exit_preempted(mngr, writer, workdir: str, step: int) -> dict:
+    """Waits for the save of `step` (the preemption watchdog bounds the wait) and stops."""
+    ckpt_lib.wait(mngr, workdir)
+    logging.warning("Saved step %d after the preemption notice; exiting.", step)
+    writer.close()
+    mngr.close()
+    return {"preempted_at_step": step}
+
+
+def _settle(mngr) -> None:
+    """On the way out with an error: lets the save in flight (the last good step) complete."""
+    try:
+        mngr.wait_until_finished()
+        mngr.close()
+    except Exception as e:  # noqa: BLE001 - the original error is the one to report
+        logging.warning("The checkpoint writer stopped with an error too: %s", e)
+
+
 def _finish_step(pending, s: Setup, progress, writer, timers, data_stats) -> None:
     """Fetches a step's metrics (one step late, so the device never waits) and acts on them."""
     step, step_metrics = pending
     values = jax.device_get(step_metrics)
     if not values["train/finite"]:
+        bad = [k for k in ("train/loss", "train/grad_norm") if not np.isfinite(values[k])]
         message = (
-            f"non-finite training at step {step}: loss={float(values['train/loss'])}, "
-            f"grad_norm={float(values['train/grad_norm'])}"
+            f"non-finite training at step {step} ({', '.join(bad)}): "
+            f"loss={float(values['train/loss'])}, grad_norm={float(values['train/grad_norm'])}"
         )
         if s.run.on_nonfinite == "stop":
             raise NonFiniteError(message + "; the last good checkpoint is kept "
@@ -331,16 +474,15 @@ def restore_data_any_layout(mngr, step: int, data_iter, workdir: str) -> None:
     so the saved per-process states are identical and any of them continues the run; they are
     checked to be identical before one is used.
     """
-    saved = os.path.join(ckpt_lib.directory(workdir), str(step), ckpt_lib.DATA)
+    saved = epath.Path(ckpt_lib.directory(workdir)) / str(step) / ckpt_lib.DATA
     own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if not os.path.isdir(saved) or os.path.exists(os.path.join(saved, own)):
+    if not saved.is_dir() or (saved / own).exists():
         ckpt_lib.restore_data(mngr, step, data_iter)
         return
-    states = {}
-    for name in sorted(os.listdir(saved)):
-        if name.startswith("process_") and name.endswith(".json"):
-            with open(os.path.join(saved, name)) as f:
-                states[name] = json.load(f)
+    states = {
+        path.name: json.loads(path.read_text())
+        for path in sorted(saved.glob("process_*-of-*.json"))
+    }
     if not states or any(v != next(iter(states.values())) for v in states.values()):
         raise ckpt_lib.CheckpointError(
             f"cannot resume the data iterator of {saved} on {jax.process_count()} process(es): "

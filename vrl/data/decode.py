@@ -9,11 +9,19 @@ t, because containers such as WebM round timestamps to milliseconds.
 
 Only what a clip needs is decoded: the requested times are visited in order, and before a
 time that lies well ahead of the decoder the container seeks back to the keyframe preceding
-it (a per-window seek), instead of decoding everything in between. Every failure (unreadable
-container, no video stream, damaged or truncated data, an index past the last decodable
-frame) raises `sources.DecodeError` naming the file and the reason.
+it (a per-window seek), instead of decoding everything in between. Between the keyframe and
+the requested frames, packets that no requested time can show are sent with FFmpeg's
+`skip_frame=NONREF`: the codec drops them if no other frame references them (H.264/HEVC
+B-frames, about half of a typical stream) and decodes them otherwise, so the reference chain
+stays intact. Whether a packet can be shown is judged from its presentation timestamp before
+decoding; if a dropped frame turns out to be the one to show (a gap in a variable-frame-rate
+stream), that window is decoded again without skipping, so results are always exact.
+
+Every failure (unreadable container, no video stream, damaged or truncated data, an index
+past the last decodable frame) raises `sources.DecodeError` naming the file and the reason.
 """
 
+import bisect
 import dataclasses
 import functools
 import io
@@ -39,6 +47,9 @@ _MAX_PROBE_PACKETS = 1_000_000
 # num_frames at a rate = the indices whose time i / fps falls before the end, less a margin of
 # _COUNT_SLACK frames that absorbs millisecond-rounded durations (60.03 -> 60, 59.97 -> 60).
 _COUNT_SLACK = 0.1
+# Packets whose frame lies within this many frame periods before a requested time are always
+# decoded (the frame shown at a time is the last one at or before it).
+_SKIP_MARGIN_FRAMES = 2
 # Containers that hold a still image, not a video (FFmpeg opens them as one-frame streams).
 _IMAGE_FORMATS = ("image2", "_pipe")
 
@@ -60,6 +71,8 @@ class DecodeStats:
 
     frames_decoded: int = 0
     seeks: int = 0
+    # Packets sent with skip_frame=NONREF (the codec drops those no frame references).
+    packets_skippable: int = 0
 
 
 def probe(
@@ -81,7 +94,9 @@ def probe(
             raise DecodeError(f"{label}: cannot read the video stream: {e}") from e
         width, height = stream.codec_context.width, stream.codec_context.height
     if fps is None:
-        count = stream.frames if stream.frames > 0 else _count(duration, native)
+        count = _count(duration, native)
+        if stream.frames > 0:  # a VFR stream's average rate may put its last indices past the end
+            count = min(stream.frames, count) if count > 0 else stream.frames
         rate = native
     else:
         count, rate = _count(duration, fps), float(fps)
@@ -174,7 +189,12 @@ def resample_indices(frame_indices: np.ndarray, native_fps: float, fps: float | 
 
 
 class _Reader:
-    """A forward cursor over decoded frames that seeks per window of requested times."""
+    """A forward cursor over decoded frames that seeks per window of requested times.
+
+    Once `targets` is set (the sorted timestamps, in ticks, that will be asked for), packets
+    that cannot be shown at any of them are sent with skip_frame=NONREF; while it is None,
+    every frame is decoded.
+    """
 
     def __init__(self, container, stream, native_fps: float, label: str, stats: DecodeStats):
         self.container, self.stream, self.label, self.stats = container, stream, label, stats
@@ -182,6 +202,10 @@ class _Reader:
         self.start = stream.start_time if stream.start_time is not None else 0
         self.period = 1.0 / (native_fps * self.time_base)  # one native frame, in ticks
         self.tolerance = min(1e-3 / self.time_base, 0.1 * self.period)
+        self.targets: list[int] | None = None
+        # A frame this close before a target may be the one shown at it: always decoded.
+        self.margin = _SKIP_MARGIN_FRAMES * self.period
+        self.skipped: list[int] = []  # timestamps of packets sent as skippable since the restart
         self.frames: Iterator[Any] | None = None
         self.prev = self.ahead = None  # last frame at or before the cursor; the next frame
         self.prev_ticks = self.ahead_ticks = None
@@ -199,6 +223,10 @@ class _Reader:
         elif self._worth_seeking(ticks):
             self._restart(ticks)
         self._advance(ticks)
+        if self._dropped_before(ticks):  # a dropped frame may be the one to show: redo exactly
+            self.targets = None
+            self._restart(ticks, must=True)
+            self._advance(ticks)
         if self.prev is None and not self.from_start:  # the seek landed after the time
             self._restart(None)
             self._advance(ticks)
@@ -262,8 +290,12 @@ class _Reader:
             return slot >= 0 and self.keyframes[slot] > position
         return (ticks - position) * self.time_base > _SEEK_GAP_S
 
-    def _restart(self, ticks: int | None) -> None:
-        """Seeks to the keyframe before `ticks` (None: decode from the start, no seek first)."""
+    def _restart(self, ticks: int | None, must: bool = False) -> None:
+        """Seeks to the keyframe before `ticks` (None: decode from the start, no seek first).
+
+        A failed seek keeps decoding forward, unless `must`: then decoding restarts from the
+        start (or raises DecodeError when that is impossible too).
+        """
         if ticks is None and self.frames is not None:
             try:
                 self.container.seek(int(self.start), backward=True, stream=self.stream)
@@ -275,13 +307,47 @@ class _Reader:
                 self.container.seek(int(ticks), backward=True, stream=self.stream)
                 self.stats.seeks += 1
             except av.FFmpegError:
+                if self.frames is not None and must:
+                    return self._restart(None)
                 if self.frames is not None:
                     return  # not seekable: keep decoding forward, just slower
                 ticks = None  # decode from where the container opened: the start
-        self.frames = self.container.decode(self.stream)
+        self.frames = self._decoded()
+        self.skipped = []
         self.prev = self.ahead = self.prev_ticks = self.ahead_ticks = None
         self.from_start = ticks is None
         self.error = None
+
+    def _decoded(self) -> Iterator[Any]:
+        """Decoded frames from the current position, skippable packets marked NONREF."""
+        context = self.stream.codec_context
+        mode = None
+        for packet in self.container.demux(self.stream):
+            skip = self._skippable(packet.pts)
+            if skip != mode:
+                context.skip_frame = "NONREF" if skip else "DEFAULT"
+                mode = skip
+            if skip:
+                self.skipped.append(packet.pts)
+                self.stats.packets_skippable += 1
+            yield from packet.decode()
+
+    def _skippable(self, pts: int | None) -> bool:
+        """No target lies within `margin` at or after `pts`: its frame is shown at none."""
+        if self.targets is None or pts is None:
+            return False
+        slot = bisect.bisect_left(self.targets, pts)  # per packet: bisect beats numpy here
+        return slot == len(self.targets) or self.targets[slot] >= pts + self.margin
+
+    def _dropped_before(self, ticks: int) -> bool:
+        """Whether a packet sent as skippable lies after the frame found for `ticks` (so it was
+        dropped, and may have been the frame to show)."""
+        if not self.skipped:
+            return False
+        after = self.prev_ticks if self.prev is not None else None
+        if after is not None and ticks - after < self.margin:
+            return False  # the frame found is within the margin, where nothing is skipped
+        return any(q <= ticks and (after is None or q > after) for q in self.skipped)
 
     @functools.cached_property
     def keyframes(self) -> np.ndarray | None:
@@ -303,10 +369,13 @@ def _decode(container, stream, indices, fps, short_side, label, stats) -> np.nda
         return out.reshape(*indices.shape, size[1], size[0], 3)
     _threads(stream)
     reader = _Reader(container, stream, native, label, stats)
+    order = np.argsort(flat, kind="stable")
+    targets = [reader.ticks(int(i) / rate) for i in flat[order]]
+    reader.targets = targets
     to_rgb = _ToRGB(size)
     last_frame, last_rgb = None, None  # times come in order: only the latest frame can repeat
-    for position in np.argsort(flat, kind="stable"):
-        frame = reader.frame_at(reader.ticks(int(flat[position]) / rate))
+    for position, ticks in zip(order, targets):
+        frame = reader.frame_at(ticks)
         if frame is not last_frame:
             last_frame, last_rgb = frame, to_rgb(frame)
         out[position] = last_rgb

@@ -392,7 +392,14 @@ class PreparedDataset(Source):
     def __getitem__(self, index: int) -> dict[str, Any]:
         from vrl.data import decode
 
-        example = self._open()[int(index)]
+        try:
+            example = self._open()[int(index)]
+        except (RuntimeError, OSError, ValueError) as e:  # a corrupted ArrayRecord chunk
+            # Reported by `decode`, where the pipeline skips and counts unreadable videos.
+            where = f"{self.dataset}/{self.split}/{int(index)}"
+            reason = " ".join(str(e).split())
+            return {"id": where, "num_frames": 1, "fps": self.fps or 1.0, "labels": {},
+                    "error": f"{where}: unreadable record: {reason}"}
         native_count, native_fps = int(example["num_frames"]), _rate(example["fps"])
         record = {
             "id": _text(example["id"]),
@@ -410,6 +417,8 @@ class PreparedDataset(Source):
     def decode(self, record: dict[str, Any], frame_indices: np.ndarray) -> np.ndarray:
         from vrl.data import decode
 
+        if "error" in record:
+            raise DecodeError(record["error"])
         if "video" in record:
             video, name = record["video"], record["id"]
             return decode.decode_frames(

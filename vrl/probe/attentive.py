@@ -31,8 +31,6 @@ from vrl.config import ConfigError
 from vrl.models import heads as heads_lib
 from vrl.probe import scores
 
-_HEAD_CHOICES = (16, 12, 8, 6, 4, 2, 1)
-
 
 class AttentiveClassifier(nn.Module):
     """AttentivePooler (one query) + a linear layer: tokens [B, n, D] -> logits [B, C]."""
@@ -57,7 +55,7 @@ class AttentiveProbe:
     batch_size: int = 128
     warmup_epochs: float = 0.0
     segments: int = 1
-    heads: int | None = None  # None: the largest of 16, 12, 8, 6, 4, 2, 1 dividing the width
+    heads: int | None = None  # None: 64-wide heads as in V-JEPA (width // 64, at least 1)
     holdout_fraction: float = 0.0
     eval_batch_size: int = 256
     seed: int = 0
@@ -79,7 +77,7 @@ class AttentiveProbe:
         train_x = self.group_segments(scores.view_tokens(train_x), "train")
         test_x = self.group_segments(scores.view_tokens(test_x), "test")
         train_y = np.asarray(train_y, np.int32)
-        heads = self.heads or next(h for h in _HEAD_CHOICES if train_x.shape[-1] % h == 0)
+        heads = self.heads or default_heads(train_x.shape[-1])
         model = AttentiveClassifier(num_classes, heads)
         fit_idx = np.arange(len(train_x))
         held_idx = None
@@ -128,36 +126,20 @@ class AttentiveProbe:
         steps_per_epoch = max(len(examples) // batch, 1)
         total = self.epochs * steps_per_epoch
         warmup = int(round(self.warmup_epochs * steps_per_epoch))
-        schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total, warmup + 1))
         lrs = jnp.asarray([lr for lr, _ in self.grid], jnp.float32)
         wds = jnp.asarray([wd for _, wd in self.grid], jnp.float32)
-
-        def make_tx(lr, wd):
-            return optax.adamw(lambda s: lr * schedule(s), weight_decay=wd, mask=optim.kernel_mask)
-
+        # One compiled init called once per probe (a vmapped init compiles about twice as long).
         keys = jax.random.split(jax.random.key(self.seed), len(self.grid))
-        sample = jnp.asarray(examples[:1])
-        params = jax.vmap(lambda k: nn.meta.unbox(model.init(k, sample))["params"])(keys)
-        opt_state = jax.vmap(lambda p, lr, wd: make_tx(lr, wd).init(p))(params, lrs, wds)
-
-        @jax.jit
-        def step(params, opt_state, xb, yb):
-            def one(p, o, lr, wd):
-                def loss_fn(p):
-                    logits = model.apply({"params": p}, xb)
-                    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-                loss, grads = jax.value_and_grad(loss_fn)(p)
-                updates, o = make_tx(lr, wd).update(grads, o, p)
-                return optax.apply_updates(p, updates), o, loss
-
-            return jax.vmap(one)(params, opt_state, lrs, wds)
-
+        inits = [_init(model, key, examples[:1]) for key in keys]
+        params = jax.tree.map(lambda *p: np.stack(p), *inits)
+        opt_state = _init_optimizer(params, lrs, wds)
         rng = np.random.default_rng(self.seed)
         for _ in range(self.epochs):
             order = rng.permutation(len(examples))[: steps_per_epoch * batch]
             for idx in order.reshape(steps_per_epoch, batch):
-                params, opt_state, _ = step(params, opt_state, examples[idx], labels[idx])
+                params, opt_state, _ = _train_step(
+                    model, params, opt_state, lrs, wds, examples[idx], labels[idx], total, warmup
+                )
         return params
 
     def predict(self, model: AttentiveClassifier, params, x: np.ndarray) -> np.ndarray:
@@ -171,6 +153,52 @@ class AttentiveProbe:
                 part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
             out.append(np.asarray(_view_probs(model, params, part))[:, : chunk - pad])
         return np.concatenate(out, axis=1)
+
+
+def default_heads(width: int) -> int:
+    """width // 64 heads (V-JEPA's probe uses the encoder's 64-wide heads), dividing the width."""
+    heads = max(1, width // 64)
+    while width % heads:
+        heads -= 1
+    return heads
+
+
+def _optimizer(lr, wd, total=1, warmup=0) -> optax.GradientTransformation:
+    """AdamW, lr linear warmup then cosine to 0; lr, wd, total and warmup may be traced, so
+    one compiled step serves every grid and schedule length."""
+
+    def schedule(step):
+        warm = step / jnp.maximum(warmup, 1)
+        progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1), 0.0, 1.0)
+        return lr * jnp.where(step < warmup, warm, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+
+    return optax.adamw(schedule, weight_decay=wd, mask=optim.kernel_mask)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: AttentiveClassifier, key, sample):
+    return nn.meta.unbox(model.init(key, sample))["params"]
+
+
+@jax.jit
+def _init_optimizer(params, lrs, wds):
+    return jax.vmap(lambda p, lr, wd: _optimizer(lr, wd).init(p))(params, lrs, wds)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train_step(model: AttentiveClassifier, params, opt_state, lrs, wds, xb, yb, total, warmup):
+    """One step of every probe: vmap over the leading probe axis of params, state, lr and wd."""
+
+    def one(p, o, lr, wd):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, o = _optimizer(lr, wd, total, warmup).update(grads, o, p)
+        return optax.apply_updates(p, updates), o, loss
+
+    return jax.vmap(one)(params, opt_state, lrs, wds)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -108,6 +108,8 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
         raise config_lib.ConfigError("config.checkpoint: required (the training run's --workdir)")
     probe = config_lib.component("probe", job.probe, "config.probe")
     probe_name = job.name or job.probe["name"]
+    # What a probe consumes: "pooled" features, "tokens", or the "checkpoint" itself (fine-tuning).
+    inputs = getattr(probe, "inputs", "pooled")
     meta, step = ckpt_lib.load_meta(job.checkpoint, job.step)
     data = {**meta["config"].get("data", {}), **job.data}
     data_cfg = config_lib.instantiate(pipeline.DataConfig, data, "config.data")
@@ -126,21 +128,21 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
     writer = writer or metrics_lib.Writer(job.checkpoint)
     results = {}
     for encoder_name in job.encoders:
-        if probe.inputs != "checkpoint":
+        if inputs != "checkpoint":
             t0 = time.perf_counter()
             encoder = api.load_encoder(job.checkpoint, step, ENCODERS[encoder_name], job.batch_size)
             train_x, train_y = api.extract_features(
-                encoder, data, data_cfg.train_split, pp=job.train_pp, kind=probe.inputs
+                encoder, data, data_cfg.train_split, pp=job.train_pp, kind=inputs
             )
             test_x, test_y = api.extract_features(
-                encoder, data, data_cfg.test_split, pp=test_pp, kind=probe.inputs
+                encoder, data, data_cfg.test_split, pp=test_pp, kind=inputs
             )
             logging.info("Extracted %s %s features in %.1f s: train %s, test %s.", encoder_name,
-                         probe.inputs, time.perf_counter() - t0, train_x.shape, test_x.shape)
+                         inputs, time.perf_counter() - t0, train_x.shape, test_x.shape)
         for label_set in label_sets:
             name = f"{probe_name}_{label_set}_{encoder_name}"
             num_classes = len(label_names[label_set])
-            if probe.inputs == "checkpoint":
+            if inputs == "checkpoint":
                 metrics, features, labels = probe.run_checkpoint(
                     checkpoint=job.checkpoint,
                     step=step,
@@ -158,7 +160,7 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
                 metrics = probe.run(
                     train_x, train_y[label_set], test_x, test_y[label_set], num_classes
                 )
-                features, labels = pooled(test_x, probe.inputs), test_y[label_set]
+                features, labels = pooled(test_x, inputs), test_y[label_set]
             results[name] = metrics
             record = {
                 "name": name,

@@ -1,0 +1,150 @@
+"""How long does a checkpoint hold up training? Async save vs synchronous save, and restore speed.
+
+    python -m benchmarks.checkpointing [--size=B] [--rounds=3] [--record]
+    python -m benchmarks.checkpointing --tiny --rounds=1     # a quick check
+
+The state is what training saves: a supervised ViT's parameters and AdamW moments (ViT-B: about
+1 GB in float32), with the data iterator and the run's config, written by `vrl.checkpoint.save`
+through the same Orbax manager the trainer uses. An async save blocks the loop only while the
+arrays are copied off the device; a synchronous one until the files are written. Both are
+timed in alternating rounds in one run, into two directories of the same file system. Goal: the
+async save blocks for <= 10% of the synchronous save's time. Restore throughput is the state's
+bytes over the time `vrl.checkpoint.restore_state` takes (strict restore, files just written, so
+largely from the page cache).
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from vrl import checkpoint as ckpt_lib
+from vrl import config as config_lib
+from vrl import optim, sharding, state
+from vrl.models import vit
+from vrl.objectives import base
+
+_SIZE = flags.DEFINE_enum("size", "B", list(vit.SIZES), "ViT size of the saved state.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds of async and synchronous saves.")
+_DIR = flags.DEFINE_string("dir", None, "Where to write (default: a temporary directory).")
+_TINY = flags.DEFINE_bool("tiny", False, "A tiny ViT state: a quick check of the script.")
+_RECORD = flags.DEFINE_bool("record", False, "Write the table into docs/PERFORMANCE.md.")
+
+GOAL = 0.10
+TINY_VIT = {"width": 32, "depth": 2, "heads": 2, "patch": (2, 8, 8)}
+
+
+def train_state(model: dict):
+    """(state, abstract state) of a supervised ViT with AdamW, laid out on all devices."""
+    encoder = config_lib.component("model", {"name": "vit", **model}, "model", dtype=jnp.float32)
+    objective = config_lib.component(
+        "objective", {"name": "supervised", "num_classes": 400}, "objective", encoder=encoder
+    )
+    patch = encoder.patch
+    init_batch = common.make_batch(objective, base.ClipSpec(*patch), 2)
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
+    tx, _ = optim.make(
+        optim.OptimConfig(name="adamw", weight_decay=0.05),
+        total_steps=1000, batch_size=2, steps_per_epoch=100,
+    )
+    train, shardings = state.init_state(
+        objective, tx, init_batch, mesh, sharding.RULES["data"], seed=0
+    )
+    return train, state.abstract_state(shardings, train)
+
+
+def data_iterator():
+    """A Grain iterator standing in for the input pipeline (its state is saved too)."""
+    iterator = iter(grain.MapDataset.range(1000).to_iter_dataset())
+    next(iterator)
+    return iterator
+
+
+def state_bytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def measure(model: dict, rounds: int, root: str) -> dict:
+    train, abstract = train_state(model)
+    size = state_bytes(train)
+    iterator, meta = data_iterator(), {"config": {"model": model}, "init_batch": {}}
+    managers = {
+        mode: ckpt_lib.manager(
+            os.path.join(root, mode), ckpt_lib.CheckpointConfig(keep=1, async_save=mode == "async")
+        )
+        for mode in ("async", "sync")
+    }
+    times = {"async_blocking": [], "async_total": [], "sync": [], "restore": []}
+    for i in range(rounds):
+        step = i + 1
+        for mode in ("async", "sync") if i % 2 == 0 else ("sync", "async"):
+            mngr = managers[mode]
+            start = time.perf_counter()
+            ckpt_lib.save(mngr, step, train, iterator, meta, force=True)
+            blocking = time.perf_counter() - start
+            mngr.wait_until_finished()
+            total = time.perf_counter() - start
+            if mode == "async":
+                times["async_blocking"].append(blocking)
+                times["async_total"].append(total)
+            else:
+                times["sync"].append(total)
+        start = time.perf_counter()
+        restored = ckpt_lib.restore_state(managers["sync"], step, abstract)
+        jax.block_until_ready(restored)
+        times["restore"].append(time.perf_counter() - start)
+        del restored
+    for mngr in managers.values():
+        mngr.close()
+    ratios = [a / s for a, s in zip(times["async_blocking"], times["sync"])]
+    medians = {k: float(np.median(v)) for k, v in times.items()}
+    return {"bytes": size, "ratio": float(np.median(ratios)), "ratios": ratios, **medians}
+
+
+def main(argv):
+    del argv
+    model = dict(TINY_VIT) if _TINY.value else {"size": _SIZE.value}
+    root = _DIR.value or tempfile.mkdtemp(prefix="vrl_ckpt_bench_")
+    try:
+        r = measure(model, _ROUNDS.value, root)
+    finally:
+        if _DIR.value is None:
+            shutil.rmtree(root, ignore_errors=True)
+    mb = r["bytes"] / 1e6
+    body = [
+        ["synchronous save", f"{r['sync']:.3f}", f"{r['sync']:.3f}", "", f"{mb / r['sync']:.0f}"],
+        ["async save", f"{r['async_blocking']:.3f}", f"{r['async_total']:.3f}",
+         f"{r['ratio']:.3f} (rounds {', '.join(f'{x:.3f}' for x in r['ratios'])})",
+         f"{mb / r['async_total']:.0f}"],
+        ["restore (strict)", f"{r['restore']:.3f}", f"{r['restore']:.3f}", "",
+         f"{mb / r['restore']:.0f}"],
+    ]
+    name = "tiny ViT" if _TINY.value else f"ViT-{_SIZE.value}"
+    text = "\n".join([
+        f"Train state of a supervised {name} with AdamW ({mb:.0f} MB float32: parameters and "
+        f"two moments), plus the data iterator and config; medians over {_ROUNDS.value} "
+        f"alternating rounds. {common.machine()}",
+        "",
+        common.markdown_table(
+            ["operation", "blocks training (s)", "until written (s)",
+             "blocking / synchronous", "MB/s"],
+            body,
+        ),
+        "",
+        f"Async save blocks for {r['ratio']:.3f} of a synchronous save (goal <= {GOAL}): "
+        f"{'met' if r['ratio'] <= GOAL else 'NOT met'}. Restore: {mb / r['restore']:.0f} MB/s.",
+    ])
+    print(text)
+    if _RECORD.value:
+        common.record("Checkpointing (benchmarks/checkpointing.py)", text)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,426 @@
+"""Input pipeline throughput, side by side on the same files and the same core.
+
+    python -m benchmarks.data_pipeline [--record] [--files=4] [--clips=48] [--rss_seconds=120]
+
+Makes 10-second H.264 clips with PyAV (320x240 and 640x480, moving textured content, libx264
+defaults: a keyframe every 250 frames or at a scene cut, B-frames) in a temporary directory,
+then measures, alternating the contenders round by round:
+
+  pipeline vs bare PyAV   vrl's video_folder pipeline (Grain, ExampleMaker, window decode,
+                          16 frames at stride 2, random_resized_crop to 224) against a plain
+                          PyAV loop that seeks to the same windows, converts the same frames
+                          (one reused swscale context) and makes the same crops with PIL
+  window vs full decode   `decode.decode_frames` of one window against decoding every frame
+                          of the file (converting only the window's frames to RGB)
+  repeated sampling       the pipeline with repeated_samples=4 against 1 (clips per second)
+  frames vs video store   prepare --store=frames against --store=video (original bytes),
+                          both read through the tfds source and the same pipeline
+  cores per H100          clips/s per core against the clips/s one H100 trains at 40% MFU
+                          (ViT-B, 16x224, 2x16x16 tubelets, training FLOPs 3 x forward)
+  worker memory           RSS of 2 Grain worker processes over a run of --rss_seconds
+
+Throughput is clips per CPU-second of this process (time.process_time, every thread counted)
+while it is pinned to one core, so it is the per-core rate and stays meaningful on a machine
+that other jobs share; FFmpeg sizes its thread pool from the affinity mask, so it decodes
+with one thread, as each worker of a many-worker pipeline should.
+"""
+
+import contextlib
+import csv
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import av
+import numpy as np
+from absl import app, flags, logging
+from av.video.reformatter import VideoReformatter
+from PIL import Image
+
+from benchmarks import common
+from benchmarks import flops as flops_lib
+from vrl.data import decode, pipeline, prepare, spatial
+from vrl.models import vit
+
+_RECORD = flags.DEFINE_bool("record", False, "Write the table into docs/PERFORMANCE.md.")
+_FILES = flags.DEFINE_integer("files", 4, "Clips per frame size.")
+_CLIPS = flags.DEFINE_integer("clips", 48, "Clips per contender per round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds per comparison (median kept).")
+_RSS_SECONDS = flags.DEFINE_integer("rss_seconds", 120, "Length of the worker-memory run.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Keep the clips here (default: a temp dir).")
+
+SIZES = ((320, 240), (640, 480))
+SECONDS, FPS = 10, 30
+FRAMES, STRIDE, CROP = 16, 2, 224
+TRAIN_PP = f"uniform_clip(frames={FRAMES}, stride={STRIDE})|random_resized_crop(size={CROP})"
+BATCH = 8
+PEAK_H100 = 989e12
+TARGET_MFU = 0.4
+GOALS = {"bare": 0.9, "window": 2.0, "repeats": 2.5, "store": 3.0}
+
+
+# ------------------------------------------------------------------------------ test clips
+
+
+def make_clip(path: str, size: tuple[int, int], seed: int) -> None:
+    """10 s of a panning textured scene with moving discs, H.264 (libx264 defaults, CRF 23)."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 16 + 2, width // 16 + 2, 3), dtype=np.uint8)
+    big = (width + 2 * 16 * SECONDS * FPS // 8, height + 16 * SECONDS * FPS // 8)
+    texture = np.asarray(Image.fromarray(coarse).resize(big, Image.Resampling.BICUBIC))
+    grain_noise = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
+    ys, xs = np.mgrid[:height, :width]
+    discs = [(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(-4, 4),
+              rng.uniform(-3, 3), rng.uniform(8, height / 6), rng.integers(0, 256, 3))
+             for _ in range(3)]  # fmt: skip
+    with av.open(path, "w") as container:
+        options = {"crf": "23", "preset": "veryfast"}
+        stream = container.add_stream("libx264", rate=FPS, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(SECONDS * FPS):
+            x0, y0 = (2 * i) // 8, i // 8  # the camera pans right and down
+            frame = texture[y0 : y0 + height, x0 : x0 + width].astype(np.int16) + grain_noise
+            for cx, cy, vx, vy, radius, colour in discs:
+                inside = (xs - (cx + vx * i) % width) ** 2 + (ys - (cy + vy * i) % height) ** 2
+                frame[inside < radius**2] = colour
+            picture = av.VideoFrame.from_ndarray(np.clip(frame, 0, 255).astype(np.uint8), "rgb24")
+            picture.pts = i
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+
+
+def make_library(root: str, count: int) -> dict[tuple[int, int], str]:
+    """{size: folder with `count` clips and a manifest.csv}; existing folders are reused."""
+    folders = {}
+    for width, height in SIZES:
+        folder = os.path.join(root, f"{width}x{height}")
+        os.makedirs(folder, exist_ok=True)
+        names = [f"clip{i}.mp4" for i in range(count)]
+        for i, name in enumerate(names):
+            if not os.path.exists(os.path.join(folder, name)):
+                make_clip(os.path.join(folder, name), (width, height), seed=1000 * width + i)
+        with open(os.path.join(folder, "manifest.csv"), "w", newline="") as f:
+            csv.writer(f).writerows([["path", "label"]] + [[n, n[:-4]] for n in names])
+        folders[(width, height)] = folder
+    return folders
+
+
+def keyframe_count(path: str) -> int:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        keys = [p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None]
+    return len(keys)
+
+
+# ------------------------------------------------------------------------------- measuring
+
+
+def cpu_rate(run: Callable[[], int]) -> float:
+    """Clips per CPU-second of `run()`, which returns how many clips it made."""
+    start = time.process_time()
+    clips = run()
+    return clips / max(time.process_time() - start, 1e-9)
+
+
+def rounds(contenders: dict[str, Callable[[], int]], count: int) -> dict[str, float]:
+    """Median clips per CPU-second of each contender, alternating them round by round."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(count):
+        for name, run in contenders.items():
+            rates[name].append(cpu_rate(run))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def data_config(source: dict, repeats: int = 1, workers: int = 0) -> pipeline.DataConfig:
+    return pipeline.DataConfig(
+        source=source, train_pp=TRAIN_PP, batch_size=BATCH, repeated_samples=repeats,
+        num_workers=workers, prefetch=0 if workers == 0 else 2,
+    )  # fmt: skip
+
+
+class PipelineRun:
+    """vrl's training pipeline, kept open across rounds; records the windows it decoded."""
+
+    def __init__(self, cfg: pipeline.DataConfig, seed: int = 0):
+        data = pipeline.train_dataset(cfg, seed=seed, process_index=0, process_count=1)
+        self.batches = iter(data)
+        self.windows: list[tuple[str, int]] = []
+        next(self.batches)  # warm: headers probed, decoder libraries loaded
+
+    def __call__(self, clips: int) -> int:
+        made = 0
+        while made < clips:
+            batch = next(self.batches)
+            assert batch["video"].shape[1:] == (FRAMES, CROP, CROP, 3), batch["video"].shape
+            self.windows += list(zip(map(str, batch["id"]), batch["temporal/start"][:, 0].tolist()))
+            made += len(batch["video"])
+        return made
+
+
+def bare_pyav_clip(path: str, start: int, rng: np.random.Generator) -> np.ndarray:
+    """A hand-written PyAV loader: seek before the window, decode to its end, crop with PIL."""
+    wanted = set(range(start, start + FRAMES * STRIDE, STRIDE))
+    last = start + (FRAMES - 1) * STRIDE
+    frames = []
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        to_rgb = VideoReformatter()
+        period = 1 / (float(stream.average_rate) * float(stream.time_base))
+        container.seek(int(start * period), backward=True, stream=stream)
+        for frame in container.decode(stream):
+            index = round(frame.pts / period)
+            if index in wanted:
+                frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
+            if index >= last:
+                break
+    height, width = frames[0].shape[:2]
+    box = spatial.sample_crop_box(rng, height, width, (0.3, 1.0), (0.5, 2.0))
+    crops = [Image.fromarray(f).resize((CROP, CROP), Image.BILINEAR, box=box) for f in frames]
+    return np.stack([np.asarray(c) for c in crops])
+
+
+def bare_pyav(folder: str, windows: Iterator[tuple[str, int]], clips: int) -> int:
+    rng = np.random.default_rng(0)
+    for _ in range(clips):
+        name, start = next(windows)
+        clip = bare_pyav_clip(os.path.join(folder, name), start, rng)
+        assert clip.shape == (FRAMES, CROP, CROP, 3), clip.shape
+    return clips
+
+
+def full_decode_clip(path: str, start: int) -> np.ndarray:
+    """Every frame decoded in order; only the window's frames converted to RGB."""
+    wanted = set(range(start, start + FRAMES * STRIDE, STRIDE))
+    out = []
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        to_rgb = VideoReformatter()
+        for index, frame in enumerate(container.decode(stream)):
+            if index in wanted:
+                out.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
+    return np.stack(out)
+
+
+def random_windows(folder: str, count: int, seed: int) -> list[tuple[str, int]]:
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".mp4"))
+    rng = np.random.default_rng(seed)
+    span = (FRAMES - 1) * STRIDE + 1
+    return [(names[rng.integers(len(names))], int(rng.integers(SECONDS * FPS - span + 1)))
+            for _ in range(count)]  # fmt: skip
+
+
+def window_vs_full(folder: str, clips: int, count: int) -> tuple[dict, float, float]:
+    windows = random_windows(folder, clips * count, seed=1)
+    stats = decode.DecodeStats()
+    positions = {"window": iter(windows), "full": iter(windows)}
+
+    def window() -> int:
+        for name, start in (next(positions["window"]) for _ in range(clips)):
+            indices = np.arange(start, start + FRAMES * STRIDE, STRIDE)
+            decode.decode_frames(os.path.join(folder, name), indices, stats=stats)
+        return clips
+
+    def full() -> int:
+        for name, start in (next(positions["full"]) for _ in range(clips)):
+            assert len(full_decode_clip(os.path.join(folder, name), start)) == FRAMES
+        return clips
+
+    rates = rounds({"window": window, "full": full}, count)
+    return rates, stats.frames_decoded / len(windows), SECONDS * FPS
+
+
+def pipeline_vs_bare(folder: str, clips: int, count: int) -> dict:
+    source = {"name": "video_folder", "root": folder, "manifest": "manifest.csv"}
+    run = PipelineRun(data_config(source))
+    replay = _Replay(run.windows)  # the bare loop decodes the windows the pipeline just did
+    contenders = {"vrl": lambda: run(clips), "bare": lambda: bare_pyav(folder, replay, clips)}
+    return rounds(contenders, count)
+
+
+class _Replay:
+    """Iterates over a list that another contender keeps appending to (same windows, later)."""
+
+    def __init__(self, items: list):
+        self.items, self.position = items, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.items[self.position]
+        self.position += 1
+        return item
+
+
+def repeated_sampling(folder: str, clips: int, count: int) -> dict:
+    source = {"name": "video_folder", "root": folder, "manifest": "manifest.csv"}
+    runs = {k: PipelineRun(data_config(source, repeats=k)) for k in (1, 4)}
+    return rounds({f"k={k}": (lambda run=run: run(clips)) for k, run in runs.items()}, count)
+
+
+def stores(folder: str, data_dir: str, clips: int, count: int) -> dict:
+    runs = {}
+    for store in ("frames", "video"):
+        name = f"bench_{os.path.basename(folder).replace('x', '_')}_{store}"
+        shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)  # never a stale one
+        prepare.prepare(folder, os.path.join(folder, "manifest.csv"), name, ["train"], data_dir,
+                        options=prepare.Options(store=store), workers=1)  # fmt: skip
+        source = {"name": "tfds", "dataset": name, "data_dir": data_dir}
+        runs[store] = PipelineRun(data_config(source))
+    return rounds({s: (lambda run=run: run(clips)) for s, run in runs.items()}, count)
+
+
+def h100_clips_per_s() -> tuple[float, float]:
+    """(training FLOPs per clip, clips/s) of ViT-B 16x224 at 40% MFU of an H100."""
+    encoder = vit.ViT(size="B", patch=(2, 16, 16))
+    tokens = int(np.prod(encoder.token_grid(FRAMES, CROP, CROP)))
+    per_clip = 3 * flops_lib.vit_flops(encoder, tokens, tokens)
+    return per_clip, TARGET_MFU * PEAK_H100 / per_clip
+
+
+# --------------------------------------------------------------------------- worker memory
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker_pids() -> list[int]:
+    """This process's children that are Grain workers (not multiprocessing's resource tracker)."""
+    pids = []
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    workers = []
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"resource_tracker" not in f.read():
+                workers.append(pid)
+    return sorted(workers)
+
+
+def worker_memory(folder: str, seconds: int) -> dict:
+    source = {"name": "video_folder", "root": folder, "manifest": "manifest.csv"}
+    batches = iter(pipeline.train_dataset(data_config(source, workers=2), seed=0,
+                                          process_index=0, process_count=1))  # fmt: skip
+    next(batches)
+    pids = worker_pids()
+    start = {pid: rss_mb(pid) for pid in pids}
+    peak = dict(start)
+    clips, began = 0, time.monotonic()
+    while time.monotonic() - began < seconds:
+        clips += len(next(batches)["video"])
+        for pid in pids:
+            peak[pid] = max(peak[pid], rss_mb(pid))
+    end = {pid: rss_mb(pid) for pid in pids}
+    del batches
+    return {"workers": len(pids), "start": start, "end": end, "peak": peak, "clips": clips,
+            "seconds": time.monotonic() - began}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return f"{x:.{digits}f}"
+
+
+def verdict(ratio: float, goal: float) -> str:
+    return f">= {goal}x: {'met' if ratio >= goal else 'MISSED'}"
+
+
+def main(argv):
+    del argv
+    root = _WORKDIR.value or tempfile.mkdtemp(prefix="vrl_data_bench_")
+    os.makedirs(root, exist_ok=True)
+    try:
+        table, notes = run_all(root)
+    finally:
+        if not _WORKDIR.value:
+            shutil.rmtree(root, ignore_errors=True)
+    header = ["measurement", "vrl", "baseline", "ratio", "goal"]
+    text = common.markdown_table(header, table)
+    body = f"{common.machine()}\n\n{text}\n\n" + "\n".join(f"- {n}" for n in notes)
+    print(body)
+    if _RECORD.value:
+        common.record("Input pipeline (benchmarks/data_pipeline.py)", body)
+
+
+def run_all(root: str) -> tuple[list[list], list[str]]:
+    logging.info("Making %d clips per size in %s ...", _FILES.value, root)
+    folders = make_library(os.path.join(root, "videos"), _FILES.value)
+    keyframes = {s: keyframe_count(os.path.join(f, "clip0.mp4")) for s, f in folders.items()}
+    core = min(os.sched_getaffinity(0))
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    clips, count = _CLIPS.value, _ROUNDS.value
+    table, per_core = [], {}
+    try:
+        for size, folder in folders.items():
+            name = f"{size[0]}x{size[1]}"
+            logging.info("%s: pipeline vs bare PyAV ...", name)
+            rates = pipeline_vs_bare(folder, clips, count)
+            per_core[name] = rates["vrl"]
+            ratio = rates["vrl"] / rates["bare"]
+            table.append([f"{name} pipeline vs bare PyAV loop (clips/s/core)", fmt(rates["vrl"]),
+                          fmt(rates["bare"]), f"{ratio:.2f}x", verdict(ratio, GOALS["bare"])])
+            logging.info("%s: window vs full decoding ...", name)
+            rates, decoded, total = window_vs_full(folder, clips // 2, count)
+            ratio = rates["window"] / rates["full"]
+            table.append([f"{name} window-only vs full-video decode (clips/s/core; frames "
+                          f"decoded {decoded:.0f} vs {total})", fmt(rates["window"]),
+                          fmt(rates["full"]), f"{ratio:.2f}x", verdict(ratio, GOALS["window"])])
+            logging.info("%s: repeated sampling ...", name)
+            rates = repeated_sampling(folder, clips, count)
+            ratio = rates["k=4"] / rates["k=1"]
+            table.append([f"{name} repeated sampling k=4 vs k=1 (clips/s/core)", fmt(rates["k=4"]),
+                          fmt(rates["k=1"]), f"{ratio:.2f}x", verdict(ratio, GOALS["repeats"])])
+            logging.info("%s: --store=frames vs --store=video ...", name)
+            rates = stores(folder, os.path.join(root, "tfds"), clips, count)
+            ratio = rates["frames"] / rates["video"]
+            table.append([f"{name} tfds --store=frames vs --store=video (clips/s/core)",
+                          fmt(rates["frames"]), fmt(rates["video"]), f"{ratio:.2f}x",
+                          verdict(ratio, GOALS["store"])])
+    finally:
+        os.sched_setaffinity(0, allowed)
+    per_clip, needed = h100_clips_per_s()
+    for name, rate in per_core.items():
+        table.append([f"{name} cores to feed one H100 (ViT-B 16x224 at 40% MFU: "
+                      f"{needed:.0f} clips/s)", f"{needed / rate:.0f} cores", "", "", ""])
+    logging.info("Worker memory over %d s ...", _RSS_SECONDS.value)
+    biggest = folders[SIZES[-1]]
+    memory = worker_memory(biggest, _RSS_SECONDS.value)
+    start = sum(memory["start"].values())
+    end = sum(memory["end"].values())
+    peak = max(memory["peak"].values())
+    table.append([f"worker RSS, {memory['workers']} workers, {memory['seconds']:.0f} s, "
+                  f"{memory['clips']} clips of {SIZES[-1][0]}x{SIZES[-1][1]} (MB, start -> end)",
+                  f"{start:.0f} -> {end:.0f}", "", f"{end / max(start, 1e-9):.2f}x",
+                  f"bounded; peak worker {peak:.0f} MB"])  # fmt: skip
+    notes = [
+        "clips/s/core: clips per CPU-second of one process pinned to one core (every thread "
+        "counted), median of "
+        f"{count} alternating rounds of {clips} clips; {FRAMES} frames at stride {STRIDE}, "
+        f"random_resized_crop to {CROP}.",
+        f"Files: {_FILES.value} x 10 s H.264 clips per size at {FPS} fps (libx264 veryfast, "
+        "CRF 23, default GOP: "
+        + ", ".join(f"{w}x{h} {k} keyframes per clip" for (w, h), k in keyframes.items())
+        + "), made with PyAV at the start of the run.",
+        f"H100 demand: {per_clip / 1e9:.0f} GFLOP per training clip (3 x ViT-B forward on "
+        f"1568 tokens), 0.4 x 989 TFLOP/s / that = {needed:.0f} clips/s.",
+        f"Worker memory: a short run ({memory['seconds']:.0f} s) with num_workers=2; start is "
+        "after the first batch.",
+    ]
+    return table, notes
+
+
+if __name__ == "__main__":
+    app.run(main)

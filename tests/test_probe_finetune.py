@@ -1,0 +1,91 @@
+"""Fine-tuning probe: the training config it writes, and a run through `python -m vrl.probe`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from test_probe_checkpoint import TEST_PP, fresh_copy, tiny_run_config
+
+from vrl import api
+from vrl import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def finetune_probe(**kwargs):
+    return config_lib.component("probe", {"name": "finetune", **kwargs}, "config.probe")
+
+
+def test_training_config_follows_the_videomae_recipe():
+    run = tiny_run_config()
+    probe = finetune_probe(epochs=3.0, warmup_epochs=1.0, batch_size=4, mixup=0.8, cutmix=1.0)
+    train_pp = "uniform_clip(frames=4, stride=2)|random_resized_crop(size=16)"
+    config = probe.training_config(
+        "/runs/pre", 7, "encoder", run, run["data"], "motion", 8, train_pp
+    )
+    assert config["total_steps"] == 12  # 3 epochs x 16 videos / batch 4
+    assert config["model"] == {**run["model"], "drop_path": 0.1}
+    objective = config["objective"]
+    assert objective["name"] == "supervised" and objective["num_classes"] == 8
+    assert objective["init_from"] == "/runs/pre" and objective["init_step"] == 7
+    assert objective["init_which"] == "encoder" and objective["label_set"] == "motion"
+    assert objective["label_smoothing"] == 0.1
+    assert (objective["mixup"], objective["cutmix"]) == (0.8, 1.0)
+    optim = config["optim"]
+    assert optim["name"] == "adamw" and optim["layer_decay"] == 0.75
+    assert optim["schedule"] == "cosine" and optim["warmup_epochs"] == 1.0
+    assert optim["lr"] == 1e-3 and optim["lr_base_batch"] == 256 and optim["weight_decay"] == 0.05
+    assert config["data"]["train_pp"] == train_pp and config["data"]["batch_size"] == 4
+    # The trainer accepts it as it is.
+    from vrl import train  # noqa: PLC0415
+
+    train.setup(config)
+    # The random encoder is the same architecture trained from scratch.
+    scratch = probe.training_config(
+        "/runs/pre", 7, "random", run, run["data"], "motion", 8, train_pp
+    )
+    assert scratch["objective"]["init_from"] == ""
+
+
+def test_models_without_drop_path_fine_tune_without_it():
+    run = {**tiny_run_config(), "model": {"name": "r3d", "depth": 18, "width": 0.25}}
+    config = finetune_probe().training_config(
+        "/runs/pre", 1, "encoder", run, run["data"], "motion", 8, TEST_PP
+    )
+    assert "drop_path" not in config["model"]
+
+
+def test_cli_fine_tunes_from_the_checkpoint_with_multi_view_testing(tmp_path):
+    """With lr 0 the fine-tuned encoder must still be exactly the pretrained one: proof that
+    the run started from the checkpoint. Evaluated every 2 steps and on 2 clips x 3 crops."""
+    workdir = fresh_copy(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "vrl.probe", "--config=configs/probe/finetune.py:runlocal",
+         f"--config.checkpoint={workdir}", "--config.label_sets=('motion',)",
+         "--config.probe.lr=0.0", "--config.test_views=(2, 3)"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finetune_motion_pretrained" in result.stdout
+    name = "finetune_motion_pretrained"
+    with open(os.path.join(workdir, "probe", f"{name}.json")) as f:
+        record = json.load(f)
+    metrics = record["metrics"]
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 100.0 and metrics["num_test"] == 16
+    assert metrics["step"] == 4  # 2 epochs x 16 videos / batch 8
+    assert [h["step"] for h in metrics["history"]] == [2]
+    assert metrics["test_pp"].endswith("three_crop(size=16)")
+    assert metrics["drop_path"] == 0.1
+    run_dir = os.path.join(workdir, "probe", name)
+    assert metrics["run_dir"] == run_dir
+    for kind in ("per_class", "confusion", "pca"):
+        assert os.path.exists(os.path.join(workdir, "probe", f"{name}_{kind}.png"))
+
+    clips = np.random.default_rng(0).integers(0, 256, (4, 4, 16, 16, 3), np.uint8)
+    pretrained = api.load_encoder(workdir).embed(clips)
+    fine_tuned = api.load_encoder(run_dir)
+    assert fine_tuned.step == 4
+    np.testing.assert_allclose(fine_tuned.embed(clips), pretrained, atol=1e-5)
