@@ -274,6 +274,34 @@ def stores(folder: str, data_dir: str, clips: int, count: int) -> dict:
     return rounds({s: (lambda run=run: run(clips)) for s, run in runs.items()}, count)
 
 
+def cost_ms(run: Callable[[], None], repeats: int) -> float:
+    """Median CPU milliseconds of `run()`."""
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        run()
+        times.append(time.process_time() - start)
+    return 1e3 * statistics.median(times)
+
+
+def crop_cost_ms(folder: str) -> float:
+    """random_resized_crop to CROP of one decoded 16-frame clip (what every clip pays)."""
+    name, start = random_windows(folder, 1, seed=2)[0]
+    clip = decode.decode_frames(os.path.join(folder, name), np.arange(start, start + 32, 2))
+    crop = spatial.random_resized_crop(size=CROP)
+    rng = np.random.default_rng(0)
+    return cost_ms(lambda: crop({"video": clip[None]}, rng), 20)
+
+
+def record_read_ms(data_dir: str, dataset: str) -> float:
+    """Reading one record of a prepared dataset (the whole video), before any decoding."""
+    source = pipeline.make_source(
+        data_config({"name": "tfds", "dataset": dataset, "data_dir": data_dir}), "train"
+    )
+    source[0]
+    return cost_ms(lambda: [source[i] for i in range(len(source))], 3) / len(source)
+
+
 def h100_clips_per_s() -> tuple[float, float]:
     """(training FLOPs per clip, clips/s) of ViT-B 16x224 at 40% MFU of an H100."""
     encoder = vit.ViT(size="B", patch=(2, 16, 16))
@@ -308,22 +336,23 @@ def worker_pids() -> list[int]:
 
 
 def worker_memory(folder: str, seconds: int) -> dict:
+    """RSS of the Grain workers (MB, summed) sampled through a run of `seconds`."""
     source = {"name": "video_folder", "root": folder, "manifest": "manifest.csv"}
     batches = iter(pipeline.train_dataset(data_config(source, workers=2), seed=0,
                                           process_index=0, process_count=1))  # fmt: skip
     next(batches)
     pids = worker_pids()
-    start = {pid: rss_mb(pid) for pid in pids}
-    peak = dict(start)
+    samples = [(0.0, sum(rss_mb(pid) for pid in pids))]
+    peak = max(rss_mb(pid) for pid in pids)
     clips, began = 0, time.monotonic()
-    while time.monotonic() - began < seconds:
+    while (now := time.monotonic() - began) < seconds:
         clips += len(next(batches)["video"])
-        for pid in pids:
-            peak[pid] = max(peak[pid], rss_mb(pid))
-    end = {pid: rss_mb(pid) for pid in pids}
+        if now - samples[-1][0] >= seconds / 12:
+            samples.append((now, sum(rss_mb(pid) for pid in pids)))
+            peak = max(peak, *(rss_mb(pid) for pid in pids))
+    samples.append((time.monotonic() - began, sum(rss_mb(pid) for pid in pids)))
     del batches
-    return {"workers": len(pids), "start": start, "end": end, "peak": peak, "clips": clips,
-            "seconds": time.monotonic() - began}  # fmt: skip
+    return {"workers": len(pids), "samples": samples, "peak": peak, "clips": clips}
 
 
 # ------------------------------------------------------------------------------------- main
@@ -389,6 +418,14 @@ def run_all(root: str) -> tuple[list[list], list[str]]:
             table.append([f"{name} tfds --store=frames vs --store=video (clips/s/core)",
                           fmt(rates["frames"]), fmt(rates["video"]), f"{ratio:.2f}x",
                           verdict(ratio, GOALS["store"])])
+            tag = name.replace("x", "_")
+            reads = {s: record_read_ms(os.path.join(root, "tfds"), f"bench_{tag}_{s}")
+                     for s in ("frames", "video")}  # fmt: skip
+            table.append([f"{name} where time goes: random_resized_crop of 16 frames; reading "
+                          "one tfds record, frames vs video store (ms)",
+                          f"crop {crop_cost_ms(folder):.1f}",
+                          f"read {reads['frames']:.1f} vs {reads['video']:.1f}", "",
+                          "informative"])
     finally:
         os.sched_setaffinity(0, allowed)
     per_clip, needed = h100_clips_per_s()
@@ -396,15 +433,17 @@ def run_all(root: str) -> tuple[list[list], list[str]]:
         table.append([f"{name} cores to feed one H100 (ViT-B 16x224 at 40% MFU: "
                       f"{needed:.0f} clips/s)", f"{needed / rate:.0f} cores", "", "", ""])
     logging.info("Worker memory over %d s ...", _RSS_SECONDS.value)
-    biggest = folders[SIZES[-1]]
-    memory = worker_memory(biggest, _RSS_SECONDS.value)
-    start = sum(memory["start"].values())
-    end = sum(memory["end"].values())
-    peak = max(memory["peak"].values())
-    table.append([f"worker RSS, {memory['workers']} workers, {memory['seconds']:.0f} s, "
-                  f"{memory['clips']} clips of {SIZES[-1][0]}x{SIZES[-1][1]} (MB, start -> end)",
-                  f"{start:.0f} -> {end:.0f}", "", f"{end / max(start, 1e-9):.2f}x",
-                  f"bounded; peak worker {peak:.0f} MB"])  # fmt: skip
+    memory = worker_memory(folders[SIZES[-1]], _RSS_SECONDS.value)
+    samples = memory["samples"]
+    half = next(rss for t, rss in samples if t >= samples[-1][0] / 2)
+    growth = samples[-1][1] - half
+    table.append([f"worker RSS, {memory['workers']} workers, {samples[-1][0]:.0f} s, "
+                  f"{memory['clips']} clips of {SIZES[-1][0]}x{SIZES[-1][1]} "
+                  "(MB summed: start -> half-way -> end)",
+                  f"{samples[0][1]:.0f} -> {half:.0f} -> {samples[-1][1]:.0f}", "",
+                  f"{growth:+.0f} MB in the 2nd half",
+                  f"{'bounded' if growth <= 0.05 * samples[-1][1] else 'GROWING'} (2nd-half "
+                  f"growth <= 5%); largest worker {memory['peak']:.0f} MB"])  # fmt: skip
     notes = [
         "clips/s/core: clips per CPU-second of one process pinned to one core (every thread "
         "counted), median of "
@@ -412,12 +451,13 @@ def run_all(root: str) -> tuple[list[list], list[str]]:
         f"random_resized_crop to {CROP}.",
         f"Files: {_FILES.value} x 10 s H.264 clips per size at {FPS} fps (libx264 veryfast, "
         "CRF 23, default GOP: "
-        + ", ".join(f"{w}x{h} {k} keyframes per clip" for (w, h), k in keyframes.items())
+        + ", ".join(f"{w}x{h} {k} keyframes in 300 frames" for (w, h), k in keyframes.items())
         + "), made with PyAV at the start of the run.",
         f"H100 demand: {per_clip / 1e9:.0f} GFLOP per training clip (3 x ViT-B forward on "
         f"1568 tokens), 0.4 x 989 TFLOP/s / that = {needed:.0f} clips/s.",
-        f"Worker memory: a short run ({memory['seconds']:.0f} s) with num_workers=2; start is "
-        "after the first batch.",
+        f"Worker memory: a short run ({samples[-1][0]:.0f} s) with num_workers=2 (Grain "
+        "mp_prefetch, not pinned); start is after the first batch; RSS sampled "
+        + ", ".join(f"{rss:.0f}" for _, rss in samples) + " MB.",
     ]
     return table, notes
 

@@ -188,7 +188,7 @@ from vrl.config import load_file
 
 def get_config(arg=None):
     c = load_file({RUN_CONFIG!r}, "runlocal")
-    c.mesh = sharding.config_section()
+    c.mesh = config_lib.section(sharding.MeshConfig)
     c.total_steps = {STEPS}
     c.ckpt.every_steps = 1
     c.ckpt.keep = 5

@@ -101,7 +101,7 @@ def main(argv):
     per_round = [p / q for p, q in zip(plain["times"], learned["times"])]
     speedup = float(np.median(per_round))
     body = [
-        [r["variant"], r["tokens"], f"{r['flops'] / 1e9:.1f}", f"{1e3 * r['step_s']:.0f}"]
+        [r["variant"], r["tokens"], f"{r['flops'] / 1e9:.4g}", f"{1e3 * r['step_s']:.0f}"]
         for r in rows
     ]
     name = "x".join(map(str, clip))

@@ -15,9 +15,7 @@ $VRL_DATA_DIR (or --config.data.source.data_dir).
 
 import os
 
-import ml_collections
-
-from vrl.config import parse_arg
+from vrl.config import data_section, defaults, parse_arg, run_config, runlocal_data
 
 CVRL_SPATIAL = (
     "random_resized_crop(size={size}, area=(0.3, 1.0), aspect=(0.5, 2.0))|flip(p=0.5)"
@@ -28,44 +26,32 @@ CVRL_SPATIAL = (
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False)
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.total_epochs = 200.0
-    c.log_every_steps = 100
-    c.compute_dtype = "bfloat16"
-    c.data = dict(
-        source=dict(
-            name="tfds",
-            dataset="kinetics600",
-            data_dir=os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
-        ),
-        train_split="train",
+    c = run_config(total_epochs=200.0, log_every_steps=100, compute_dtype="bfloat16")
+    c.data = data_section(
+        {"name": "tfds", "dataset": "kinetics600",
+         "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets")},
         test_split="validation",
         batch_size=1024,
         train_pp="cvrl_clips(frames=16, stride=2, power=1.0)|" + CVRL_SPATIAL.format(size=224),
         test_pp="center_clip(frames=32, stride=2)|resize_short(size=256)|center_crop(size=224)",
         num_workers=16,
     )
-    c.model = dict(name="r3d", depth=50, width=1.0)
-    c.objective = dict(name="cvrl", temperature=0.1, head_hidden=2048, head_layers=3, head_out=128)
-    c.optim = dict(
-        name="sgd", lr=0.32, momentum=0.9, warmup_epochs=5.0, weight_decay=1e-6, schedule="cosine"
+    c.model = defaults("model", "r3d", depth=50, width=1.0)
+    c.objective = defaults(
+        "objective", "cvrl", temperature=0.1, head_hidden=2048, head_layers=3, head_out=128
     )
-    c.ckpt = dict(every_steps=2000, keep=3)
-    c.evals = dict()
+    c.optim.update(name="sgd", lr=0.32, momentum=0.9, warmup_epochs=5.0, weight_decay=1e-6)
+    c.ckpt.update(every_steps=2000, keep=3)
     if args.runlocal:
         c.total_epochs = None
         c.total_steps = 3
         c.log_every_steps = 1
         c.compute_dtype = "float32"
-        c.data.source = dict(name="synthetic", frames=32, size=64, num_videos=32)
-        c.data.test_split = "test"
-        c.data.batch_size = 8
-        c.data.num_workers = 0
-        c.data.train_pp = "cvrl_clips(frames=8, stride=2)|" + CVRL_SPATIAL.format(size=32)
-        c.data.test_pp = "center_clip(frames=8, stride=2)|resize_short(size=32)|center_crop(size=32)"
-        c.model = dict(name="r3d", depth=18, width=0.125)
-        c.objective = dict(name="cvrl", temperature=0.1, head_hidden=64, head_layers=2, head_out=32)
-        c.optim.warmup_epochs = None
-        c.optim.warmup_steps = 1
+        c.data = runlocal_data(
+            "cvrl_clips(frames=8, stride=2)|" + CVRL_SPATIAL.format(size=32),
+            "center_clip(frames=8, stride=2)|resize_short(size=32)|center_crop(size=32)",
+        )
+        c.model.update(depth=18, width=0.125)
+        c.objective.update(head_hidden=64, head_layers=2, head_out=32)
+        c.optim.update(warmup_epochs=None, warmup_steps=1)
     return c

@@ -8,19 +8,14 @@ No horizontal flip: the dataset has left/right motion classes, and a flip would 
 that they are the same thing.
 """
 
-import ml_collections
-
-from vrl.config import parse_arg
+from vrl.config import data_section, defaults, parse_arg, run_config
 
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False)
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.total_steps = 300
-    c.log_every_steps = 25
-    c.data = dict(
-        source=dict(name="synthetic", frames=32, size=64),
+    c = run_config(total_steps=300, log_every_steps=25)
+    c.data = data_section(
+        {"name": "synthetic", "frames": 32, "size": 64},
         batch_size=64,
         train_pp="cvrl_clips(frames=8, stride=2)|random_resized_crop(size=48, area=(0.3, 1.0))"
         "|color_jitter(p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)"
@@ -28,10 +23,12 @@ def get_config(arg=None):
         test_pp="center_clip(frames=8, stride=2)|resize_short(size=48)|center_crop(size=48)",
         num_workers=0,
     )
-    c.model = dict(name="r3d", depth=18, width=0.25)
-    c.objective = dict(name="cvrl", temperature=0.2, head_hidden=256, head_layers=2, head_out=64)
-    c.optim = dict(name="adamw", lr=2e-3, warmup_steps=20, weight_decay=1e-4)
-    c.ckpt = dict(every_steps=100, keep=2)
+    c.model = defaults("model", "r3d", depth=18, width=0.25)
+    c.objective = defaults(
+        "objective", "cvrl", temperature=0.2, head_hidden=256, head_layers=2, head_out=64
+    )
+    c.optim.update(name="adamw", lr=2e-3, warmup_steps=20, weight_decay=1e-4)
+    c.ckpt.update(every_steps=100, keep=2)
     c.evals = dict(
         linear=dict(
             probe=dict(name="linear", solver="sgd", epochs=100, lr=0.1),
@@ -43,6 +40,6 @@ def get_config(arg=None):
         c.total_steps = 3
         c.log_every_steps = 1
         c.data.batch_size = 16
-        c.data.source = dict(name="synthetic", frames=32, size=64, num_videos=64)
+        c.data.source.num_videos = 64
         c.evals.linear.probe.epochs = 5
     return c

@@ -12,9 +12,7 @@ mask types instead of tube masking; data, optimiser and schedule as V-JEPA's
 
 import os
 
-import ml_collections
-
-from vrl.config import load_file, parse_arg
+from vrl.config import defaults, load_file, parse_arg
 
 VJEPA = os.path.join(os.path.dirname(__file__), "vjepa_vitl_k710.py")
 
@@ -22,9 +20,8 @@ VJEPA = os.path.join(os.path.dirname(__file__), "vjepa_vitl_k710.py")
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="L")
     c = load_file(VJEPA, f"size={args.size}" + (",runlocal" if args.runlocal else ""))
-    objective = dict(name="videomae", mask="vjepa", decoder_width=512, decoder_depth=4,
-                     decoder_heads=8, norm_pix_loss=True)
+    c.objective = defaults("objective", "videomae", mask="vjepa", decoder_width=512,
+                           decoder_depth=4, decoder_heads=8, norm_pix_loss=True)
     if args.runlocal:
-        objective.update(decoder_width=32, decoder_depth=1, decoder_heads=2)
-    c.objective = ml_collections.ConfigDict(objective)
+        c.objective.update(decoder_width=32, decoder_depth=1, decoder_heads=2)
     return c

@@ -12,27 +12,17 @@ cosine to 1e-5, 800 epochs (released K400 models; 1600 for the best). Sizes: `:s
 
 import os
 
-import ml_collections
-
-from vrl.config import TINY_VIT, parse_arg, runlocal_data
+from vrl.config import TINY_VIT, data_section, defaults, parse_arg, run_config, runlocal_data
 
 DECODER = {"S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8)}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="B")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.total_epochs = 800.0
-    c.log_every_steps = 100
-    c.compute_dtype = "bfloat16"
-    c.data = dict(
-        source=dict(
-            name="tfds",
-            dataset="kinetics400",
-            data_dir=os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
-        ),
-        train_split="train",
+    c = run_config(total_epochs=800.0, log_every_steps=100, compute_dtype="bfloat16")
+    c.data = data_section(
+        {"name": "tfds", "dataset": "kinetics400",
+         "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets")},
         test_split="validation",
         batch_size=2048,
         train_pp="uniform_clip(frames=16, stride=4)"
@@ -41,17 +31,16 @@ def get_config(arg=None):
         num_workers=16,
     )
     width, heads = DECODER[args.size]
-    c.model = dict(name="vit", size=args.size, patch=(2, 16, 16), drop_path=0.0)
-    c.objective = dict(
-        name="videomae", mask="tube", mask_ratio=0.9, decoder_width=width, decoder_depth=4,
-        decoder_heads=heads, norm_pix_loss=True,
+    c.model = defaults("model", "vit", size=args.size, patch=(2, 16, 16))
+    c.objective = defaults(
+        "objective", "videomae", mask="tube", mask_ratio=0.9, decoder_width=width,
+        decoder_depth=4, decoder_heads=heads, norm_pix_loss=True,
     )
-    c.optim = dict(
+    c.optim.update(
         name="adamw", lr=1.5e-4, lr_base_batch=256, b1=0.9, b2=0.95, weight_decay=0.05,
-        warmup_epochs=40.0, end_lr=1e-5, schedule="cosine",
+        warmup_epochs=40.0, end_lr=1e-5,
     )
-    c.ckpt = dict(every_steps=2000, keep=3)
-    c.evals = dict()
+    c.ckpt.update(every_steps=2000, keep=3)
     if args.runlocal:
         c.total_epochs = None
         c.total_steps = 3
@@ -61,7 +50,7 @@ def get_config(arg=None):
             "uniform_clip(frames=8, stride=2)|random_resized_crop(size=32, area=(0.43, 1.0))",
             "center_clip(frames=8, stride=2)|resize_short(size=32)|center_crop(size=32)",
         )
-        c.model = TINY_VIT
+        c.model.update(TINY_VIT)
         c.objective.update(decoder_width=32, decoder_depth=1, decoder_heads=2)
         c.optim.update(warmup_epochs=None, warmup_steps=1, lr_base_batch=None, lr=1e-3)
     return c

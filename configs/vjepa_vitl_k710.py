@@ -15,25 +15,15 @@ Kinetics-710 is K400 + K600 + K700 without validation videos: prepare it as one 
 
 import os
 
-import ml_collections
-
-from vrl.config import TINY_VIT, parse_arg, runlocal_data
+from vrl.config import TINY_VIT, data_section, defaults, parse_arg, run_config, runlocal_data
 
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="L")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.total_steps = 90_000
-    c.log_every_steps = 100
-    c.compute_dtype = "bfloat16"
-    c.data = dict(
-        source=dict(
-            name="tfds",
-            dataset="kinetics710",
-            data_dir=os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
-        ),
-        train_split="train",
+    c = run_config(total_steps=90_000, log_every_steps=100, compute_dtype="bfloat16")
+    c.data = data_section(
+        {"name": "tfds", "dataset": "kinetics710",
+         "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets")},
         test_split="validation",
         batch_size=3072,
         train_pp="uniform_clip(frames=16, stride=4)"
@@ -41,19 +31,18 @@ def get_config(arg=None):
         test_pp="center_clip(frames=16, stride=4)|resize_short(size=224)|center_crop(size=224)",
         num_workers=16,
     )
-    c.model = dict(name="vit", size=args.size, patch=(2, 16, 16))
-    c.objective = dict(
-        name="vjepa", predictor_width=384, predictor_depth=12, predictor_heads=12,
+    c.model = defaults("model", "vit", size=args.size, patch=(2, 16, 16))
+    c.objective = defaults(
+        "objective", "vjepa", predictor_width=384, predictor_depth=12, predictor_heads=12,
         num_blocks=(8, 2), block_scale=(0.15, 0.7), block_aspect=(0.75, 1.5),
         ema_start=0.998, ema_end=1.0, ema_steps=int(90_000 * 1.25),
     )
-    c.optim = dict(
+    c.optim.update(
         name="adamw", lr=6.25e-4, warmup_init_lr=2e-4, warmup_steps=12_000, end_lr=1e-6,
-        schedule="cosine", schedule_scale=1.25, b1=0.9, b2=0.999, weight_decay=0.04,
-        weight_decay_end=0.4, clip_norm=10.0,
+        schedule_scale=1.25, b1=0.9, b2=0.999, weight_decay=0.04, weight_decay_end=0.4,
+        clip_norm=10.0,
     )
-    c.ckpt = dict(every_steps=2000, keep=3)
-    c.evals = dict()
+    c.ckpt.update(every_steps=2000, keep=3)
     if args.runlocal:
         c.total_steps = 3
         c.log_every_steps = 1
@@ -63,7 +52,7 @@ def get_config(arg=None):
             "uniform_clip(frames=8, stride=2)|random_resized_crop(size=64, area=(0.3, 1.0))",
             "center_clip(frames=8, stride=2)|resize_short(size=64)|center_crop(size=64)",
         )
-        c.model = TINY_VIT
+        c.model.update(TINY_VIT)
         c.objective.update(predictor_width=32, predictor_depth=1, predictor_heads=2,
                            ema_steps=None)
         c.optim.update(warmup_steps=1, lr=1e-3, warmup_init_lr=0.0)

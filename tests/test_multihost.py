@@ -43,7 +43,7 @@ from vrl.config import load_file
 
 def get_config(arg=None):
     c = load_file({CONFIG!r}, "runlocal")
-    c.mesh = sharding.config_section()
+    c.mesh = config_lib.section(sharding.MeshConfig)
     return c
 """
 

@@ -2,6 +2,7 @@
 process slicing, prepare -> tfds round trips, and start-up errors through `python -m vrl.main`."""
 
 import fractions
+import gc
 import os
 import re
 import subprocess
@@ -339,7 +340,7 @@ def test_frames_no_request_shows_are_skipped_not_decoded(tmp_path):
 
 def test_a_dropped_frame_that_must_be_shown_is_decoded_again(tmp_path, monkeypatch):
     """Variable frame rate with gaps of 10 frame periods (3.6 average ones): the frame shown
-    at a time in a gap lies more than the skip margin (2 average periods) before it, so it may
+    at a time in a gap lies more than the skip margin (one average period) before it, so it may
     have been dropped; the answer stays exact."""
     steps = [10 if i % 5 == 0 else 1 for i in range(150)]
     times = [sum(steps[:i]) / 30 for i in range(150)]
@@ -360,3 +361,17 @@ def test_a_dropped_frame_that_must_be_shown_is_decoded_again(tmp_path, monkeypat
         want = [int(np.searchsorted(times, i / info.fps + 1e-3, side="right")) - 1 for i in indices]
         assert got == want, indices
     assert any(redone)  # the exact re-decode did happen
+
+
+def test_decoding_leaves_no_reference_cycle_holding_the_decoder(tmp_path):
+    """A decoder kept alive until the garbage collector runs held ~250 MB per worker."""
+    path = make_bframes(tmp_path / "b.mp4", [i / 30 for i in range(60)])
+    gc.collect()
+    gc.disable()  # whatever is garbage now stays visible until collected
+    try:
+        decode.decode_frames(path, np.array([[3, 5], [40, 50]]))
+        list(decode.iter_frames(path))
+        alive = [o for o in gc.get_objects() if type(o) is decode._Reader]
+    finally:
+        gc.enable()
+    assert alive == []

@@ -361,7 +361,7 @@ def test_dcn_groups_are_blocks_of_consecutive_processes():
 
 
 def test_config_section_lists_every_mesh_key():
-    section = sharding.config_section(fsdp=8, rules="fsdp")
+    section = config_lib.section(sharding.MeshConfig, fsdp=8, rules="fsdp")
     assert set(section) == {"data", "fsdp", "model", "rules", "dcn_data"}
     cfg = config_lib.instantiate(sharding.MeshConfig, section.to_dict(), "config.mesh")
     assert cfg == sharding.MeshConfig(fsdp=8, rules="fsdp")

@@ -167,7 +167,7 @@ def random_encoder_variables(objective: base.Objective, meta: dict):
         x = layers.to_model_input(video, encoder.dtype)
         return nn.meta.unbox(encoder.init(rng, x, train=False))
 
-    return init(jax.random.key(meta["config"].get("seed", 0)))
+    return init(state.init_key(meta["config"].get("seed", 0)))
 
 
 def abstract_variables(objective, meta: dict):

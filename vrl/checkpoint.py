@@ -52,9 +52,10 @@ def check_writable(workdir: str) -> None:
     Run at start-up, so that an unwritable workdir is one clear line instead of a failure
     inside the first asynchronous save, minutes later.
     """
-    for folder in (os.path.abspath(workdir), directory(workdir)):
-        if folder != os.path.abspath(workdir) and not os.path.isdir(folder):
-            continue
+    folders = [os.path.abspath(workdir)]
+    if os.path.isdir(directory(workdir)):
+        folders.append(directory(workdir))
+    for folder in folders:
         try:
             os.makedirs(folder, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
@@ -136,6 +137,9 @@ def manager(workdir: str, cfg: CheckpointConfig = CheckpointConfig(), read_only=
         max_to_keep=None if read_only else cfg.keep,
         save_interval_steps=0 if read_only else 1,
         enable_async_checkpointing=cfg.async_save,
+        # Step directories are made in `save` itself: made by Orbax's writer thread, a failure
+        # (read-only directory, no space) only surfaces as a timeout minutes later.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
         create=not read_only,
         read_only=read_only,
     )
@@ -157,10 +161,6 @@ def save(mngr, step: int, state, iterator, meta: dict, force: bool = False) -> b
     """
     workdir = os.path.dirname(str(mngr.directory))
     try:
-        # A directory that became read-only would otherwise surface minutes later as a
-        # timeout inside Orbax's writer threads; an empty file shows it at once.
-        with tempfile.NamedTemporaryFile(dir=str(mngr.directory), prefix=".write-check-"):
-            pass
         return mngr.save(
             step,
             args=ocp.args.Composite(
@@ -298,7 +298,9 @@ def main(argv: list[str]) -> int:
         return 2
     workdir = argv[1]
     mngr = manager(workdir, read_only=True)
-    steps = sorted(mngr.all_steps())
+    steps = complete_steps(workdir)
+    for step in sorted(set(mngr.all_steps()) - set(steps)):
+        print(f"step {step}: incomplete (no {COMMIT_MARKER}), skipped", file=sys.stderr)
     if not steps:
         print(f"no checkpoint in {directory(workdir)}", file=sys.stderr)
         return 1

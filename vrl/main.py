@@ -13,7 +13,7 @@ Exit codes (a scheduler can tell what to do from them; docs/RELIABILITY.md lists
   0   finished, or preempted (SIGTERM) with the step reached saved: rerun the same command
   2   config error, before anything ran: fix the config
   3   training stopped: non-finite loss/gradient, or too many unreadable videos
-  4   checkpoint / disk error: workdir not writable, a save failed (disk full, permissions)
+  4   checkpoint or I/O error: workdir not writable, a save failed (disk full, permissions)
   75  preempted, but the save outlived config.preemption_grace_s: rerun (resumes from the
       last complete checkpoint)
 Each non-zero exit prints one line "<kind>: <what happened>" to stderr.
@@ -122,8 +122,10 @@ def main(argv):
         sys.exit(0)
     except (train.NonFiniteError, sources.DecodeError) as e:
         _fail("training stopped", e, 3)
-    except (ckpt_lib.CheckpointError, OSError) as e:
+    except ckpt_lib.CheckpointError as e:
         _fail("checkpoint error", e, 4)
+    except OSError as e:  # e.g. the disk filled up while the metrics were written
+        _fail("I/O error", e, 4)
 
 
 def _fail(kind: str, error: BaseException, code: int) -> None:

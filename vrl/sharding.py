@@ -68,16 +68,6 @@ class MeshConfig:
         return tuple(RULES[self.rules])
 
 
-def config_section(**overrides):
-    """`config.mesh` with every key at its default, so that any of them can be set on the
-    command line (`--config.mesh.fsdp=8`): ml_collections only overrides keys that exist."""
-    import ml_collections  # noqa: PLC0415 - only config files need it
-
-    section = ml_collections.ConfigDict(dataclasses.asdict(MeshConfig()))
-    section.update(overrides)
-    return section
-
-
 def axis_sizes(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
     """Fills in the -1 axis so the product is `num_devices`, or raises MeshError."""
     sizes = [cfg.data, cfg.fsdp, cfg.model]

@@ -158,12 +158,13 @@ def check_clip_length(source, example: dict, frames: int, samples: int = 8) -> N
     )
     span = int(np.floor((frames - 1) * float(np.max(step)))) + 1
     indices = np.unique(np.linspace(0, len(source) - 1, min(samples, len(source))).astype(int))
-    longest = max(int(source[int(i)]["num_frames"]) for i in indices)
-    if span > longest:
+    records = [source[int(i)] for i in indices]
+    lengths = [int(r["num_frames"]) for r in records if "error" not in r]  # readable ones
+    if lengths and span > max(lengths):
         raise config_lib.ConfigError(
             f"config.data.train_pp: a clip spans {span} frames ({frames} frames, "
             f"{float(np.max(step)):g} apart), longer than every video checked in "
-            f"config.data.source (at most {longest} frames in {len(indices)} videos); "
+            f"config.data.source (at most {max(lengths)} frames in {len(lengths)} videos); "
             "use fewer frames or a smaller stride"
         )
 
@@ -248,6 +249,7 @@ def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
 
 
 def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preemption) -> dict:
+    started = time.perf_counter()
     mesh = sharding.make_mesh(s.mesh)
     rules = s.mesh.axis_rules()
     local_batch = sharding.batch_size_per_process(
@@ -332,7 +334,15 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
         )
         pending = None
         data_stats = DataStats(s.data.max_skip_fraction)
-        timers = {"time/data_wait": 0.0, "time/ckpt": 0.0, "time/compile": time.perf_counter() - t0}
+        # Where the wall time goes: setup (data, first batch, state), compile, the loop's steps
+        # and its waits for data and checkpoints (time/steps is set when the loop ends).
+        timers = {
+            "time/setup": t0 - started,
+            "time/data_wait": 0.0,
+            "time/ckpt": 0.0,
+            "time/compile": time.perf_counter() - t0,
+        }
+        loop_started = time.perf_counter()
         batch = first_batch
         preemption.deferred = True  # from here on SIGTERM waits for the step, then saves it
         try:
@@ -368,6 +378,8 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
             t = time.perf_counter()
             ckpt_lib.wait(mngr, workdir)
             timers["time/ckpt"] += time.perf_counter() - t
+            waits = timers["time/data_wait"] + timers["time/ckpt"]
+            timers["time/steps"] = time.perf_counter() - loop_started - waits
         except BaseException:
             _settle(mngr)
             raise

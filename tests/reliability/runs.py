@@ -7,10 +7,10 @@ compilation cache (per test session), so only the first one pays for compiling t
 
 import atexit
 import functools
+import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -84,12 +84,13 @@ class Run:
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        self._copier = threading.Thread(target=self._copy, daemon=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the copier thread closes it
+        self._copier = threading.Thread(target=self._copy, args=(log,), daemon=True)
         self._copier.start()
         self.started = time.monotonic()
 
-    def _copy(self) -> None:
-        with open(self.log_path, "wb") as log:
+    def _copy(self, log) -> None:
+        with log:
             for line in self.proc.stdout:
                 log.write(line)
                 log.flush()
@@ -167,12 +168,28 @@ def digest(workdir: str, step: int) -> str:
     return ckpt_lib.digest(params(workdir, step))[1]
 
 
-@functools.cache
 def reference_digest(steps: int = STEPS) -> str:
-    """Final parameters of an uninterrupted run (made once per test session)."""
-    workdir = os.path.join(_SESSION, f"reference-{steps}")
+    """Final parameters of an uninterrupted run of the code as it is now (made once per
+    session, again only if a file of the package changes meanwhile)."""
+    return _reference_digest(steps, code_version())
+
+
+@functools.cache
+def _reference_digest(steps: int, version: str) -> str:
+    workdir = os.path.join(_SESSION, f"reference-{steps}-{version[:12]}")
     finish(workdir, steps=steps)
     return digest(workdir, steps)
+
+
+def code_version() -> str:
+    """sha256 over the package's source files."""
+    h = hashlib.sha256()
+    package = os.path.join(ROOT, "vrl")
+    for folder, _, names in sorted(os.walk(package)):
+        for name in sorted(n for n in names if n.endswith(".py")):
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()
 
 
 def session_dir(name: str) -> str:
@@ -180,5 +197,11 @@ def session_dir(name: str) -> str:
     return tempfile.mkdtemp(prefix=f"{name}-", dir=_SESSION)
 
 
-def sigterm_is_default() -> bool:
-    return signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+def assert_same_run(workdir: str, version: str, steps: int = STEPS, context: str = "") -> None:
+    """The final parameters in `workdir` equal an uninterrupted run's, bit for bit.
+
+    `version` is code_version() from when the test started: a package edited meanwhile makes
+    the comparison meaningless, and says so.
+    """
+    assert code_version() == version, f"vrl/ changed while the test ran; run it again {context}"
+    assert digest(workdir, steps) == reference_digest(steps), context

@@ -199,6 +199,7 @@ def test_doc_table_is_current(monkeypatch, tmp_path):
     if os.environ.get("VRL_UPDATE_DOCS"):
         with open(DOC, "w") as f:
             f.write(current)
+        doc = current
     assert doc == current, (
         "docs/RELIABILITY.md's table differs from the messages; regenerate it with "
         "VRL_UPDATE_DOCS=1 python -m pytest tests/reliability/test_config_faults.py"

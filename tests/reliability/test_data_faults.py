@@ -94,6 +94,7 @@ def test_the_pipeline_skips_and_counts_each_broken_file(folder, monkeypatch):
     assert set(named) == set(folder["broken"])  # every one of them, and nothing else
 
 
+@pytest.mark.slow
 def test_the_trainer_counts_unreadable_videos_and_stops_over_the_limit(folder, tmp_path):
     workdir = str(tmp_path / "run")
     run = runs.Run(workdir, steps=40, arg=f"videos={folder['root']}")
@@ -145,6 +146,7 @@ def test_a_corrupted_tfds_record_is_skipped_and_counted(prepared):
     assert set(named) == set(unreadable)
 
 
+@pytest.mark.slow
 def test_the_trainer_runs_on_a_tfds_dataset_with_a_corrupted_record(prepared, tmp_path):
     workdir = str(tmp_path / "run")
     runs.finish(workdir, "--config.data.max_skip_fraction=1.0", steps=3, arg=f"tfds={prepared}")

@@ -53,6 +53,7 @@ def test_a_workdir_under_a_file_is_refused_before_anything_runs(tmp_path):
 
 @pytest.mark.slow
 def test_disk_full_during_a_save_stops_cleanly_and_the_rerun_resumes(tmp_path):
+    version = runs.code_version()
     workdir = str(tmp_path / "run")
     run = runs.Run(workdir)
     run.until(lambda: len(runs.complete_steps(workdir)) >= 3)
@@ -67,12 +68,13 @@ def test_disk_full_during_a_save_stops_cleanly_and_the_rerun_resumes(tmp_path):
 
     again = runs.finish(workdir)
     assert f"Resumed from step {resumed_from}" in again.output()
-    assert runs.digest(workdir, runs.STEPS) == runs.reference_digest()
+    runs.assert_same_run(workdir, version)
 
 
 @pytest.mark.slow
 @needs_file_modes
 def test_checkpoint_directory_made_read_only_mid_run(tmp_path):
+    version = runs.code_version()
     workdir = str(tmp_path / "run")
     run = runs.Run(workdir, obey_file_modes=True)
     run.until(lambda: len(runs.complete_steps(workdir)) >= 3)
@@ -88,4 +90,4 @@ def test_checkpoint_directory_made_read_only_mid_run(tmp_path):
 
     again = runs.finish(workdir, obey_file_modes=True)
     assert f"Resumed from step {saved[-1]}" in again.output()
-    assert runs.digest(workdir, runs.STEPS) == runs.reference_digest()
+    runs.assert_same_run(workdir, version)

@@ -32,7 +32,7 @@ def get_config(arg=None):
         c.data.source = dict(name="video_folder", root=args.videos, manifest="train.csv")
     if args.tfds:
         c.data.source = dict(name="tfds", dataset="reliability_toy", data_dir=args.tfds)
-    c.model = dict(config_lib.TINY_VIT, width=32, depth=1, patch=(2, 8, 8))
+    c.model = dict(name="vit", size="Ti", width=32, depth=1, heads=2, patch=(2, 8, 8))
     c.objective = dict(name="cvrl", temperature=0.2, head_hidden=32, head_layers=1, head_out=16)
     c.optim = dict(name="adamw", lr=2e-3, warmup_steps=2, weight_decay=1e-4)
     c.ckpt = dict(every_steps=1, keep=3)

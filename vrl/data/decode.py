@@ -47,9 +47,10 @@ _MAX_PROBE_PACKETS = 1_000_000
 # num_frames at a rate = the indices whose time i / fps falls before the end, less a margin of
 # _COUNT_SLACK frames that absorbs millisecond-rounded durations (60.03 -> 60, 59.97 -> 60).
 _COUNT_SLACK = 0.1
-# Packets whose frame lies within this many frame periods before a requested time are always
-# decoded (the frame shown at a time is the last one at or before it).
-_SKIP_MARGIN_FRAMES = 2
+# Packets whose frame lies less than this many frame periods before a requested time are
+# always decoded: at a constant rate the frame shown at a time is the one at it, so between
+# strided frames of a clip the unreferenced ones are dropped too.
+_SKIP_MARGIN_FRAMES = 1
 # Containers that hold a still image, not a video (FFmpeg opens them as one-frame streams).
 _IMAGE_FORMATS = ("image2", "_pipe")
 
@@ -149,6 +150,7 @@ def iter_frames(
     _check_rate(fps, label)
     with _open(file_or_bytes, label) as container:
         stream = _video_stream(container, label)
+        reader = None
         try:
             native = _native_fps(container, stream, label)
             _threads(stream)
@@ -165,6 +167,9 @@ def iter_frames(
                 index += 1
         except av.FFmpegError as e:
             raise DecodeError(f"{label}: decoding failed: {e}") from e
+        finally:
+            if reader is not None:
+                reader.close()
 
 
 def num_frames_at(num_frames: int, native_fps: float, fps: float | None) -> int:
@@ -211,6 +216,14 @@ class _Reader:
         self.prev_ticks = self.ahead_ticks = None
         self.from_start = False  # decoding began at the start of the stream
         self.error: str | None = None  # why decoding stopped early (damaged or truncated data)
+
+    def close(self) -> None:
+        """Drops the frame generator, which refers back to the reader: without this the pair
+        is a reference cycle that keeps the decoder's frame buffers alive until the garbage
+        collector runs (hundreds of MB in a busy worker)."""
+        if self.frames is not None and hasattr(self.frames, "close"):
+            self.frames.close()
+        self.frames = self.prev = self.ahead = None
 
     def ticks(self, seconds: float) -> int:
         """A time (seconds from the stream start) as a timestamp in stream ticks, tolerance in."""
@@ -374,11 +387,14 @@ def _decode(container, stream, indices, fps, short_side, label, stats) -> np.nda
     reader.targets = targets
     to_rgb = _ToRGB(size)
     last_frame, last_rgb = None, None  # times come in order: only the latest frame can repeat
-    for position, ticks in zip(order, targets):
-        frame = reader.frame_at(ticks)
-        if frame is not last_frame:
-            last_frame, last_rgb = frame, to_rgb(frame)
-        out[position] = last_rgb
+    try:
+        for position, ticks in zip(order, targets):
+            frame = reader.frame_at(ticks)
+            if frame is not last_frame:
+                last_frame, last_rgb = frame, to_rgb(frame)
+            out[position] = last_rgb
+    finally:
+        reader.close()
     return out.reshape(*indices.shape, size[1], size[0], 3)
 
 

@@ -69,8 +69,24 @@ def sincos_posemb_3d(grid: tuple[int, int, int], dim: int) -> np.ndarray:
     return np.concatenate(parts, axis=-1).reshape(t * h * w, dim).astype(np.float32)
 
 
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v over [B, N, H, d] tensors (no mask: every token sees all).
+
+    Accelerators get `jax.nn.dot_product_attention` (fused kernels such as cuDNN's where they
+    apply). On CPU its XLA path (grouped 5-D einsums under vmap, the scale applied to the
+    [B, H, N, N] logits) is slower than two plain einsums with the scale folded into q: ViT-S
+    attention forward + backward, 8 x 392 tokens, one core: 330 -> 305 ms.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.nn.dot_product_attention(q, k, v)
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
 class Attention(nn.Module):
-    """Multi-head attention via `jax.nn.dot_product_attention` (fused kernels where available).
+    """Multi-head attention (see `dot_product_attention` for the kernel it uses per backend).
 
     Self-attention by default; pass `context` for cross-attention (attentive pooler).
     """
@@ -113,7 +129,7 @@ class Attention(nn.Module):
 
         head_axes = ("batch", "length", "act_heads", "act_kv")
         q, k, v = project("query", x), project("key", context), project("value", context)
-        out = layers.constrain(jax.nn.dot_product_attention(q, k, v), head_axes)
+        out = layers.constrain(dot_product_attention(q, k, v), head_axes)
         return einsum(
             "out",
             (self.heads, head_dim, width),
