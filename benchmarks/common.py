@@ -90,15 +90,8 @@ def time_train_step(objective: base.Objective, batch: dict, steps: int, warmup: 
     step_fn = state.make_train_step(objective, tx, lr, seed=0, accum=1, skip_nonfinite=False)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         device_batch = sharding.to_global(batch, mesh)
-        batch_shardings = jax.tree.map(lambda x: x.sharding, device_batch)
-        jitted = jax.jit(
-            step_fn,
-            in_shardings=(shardings, batch_shardings),
-            out_shardings=(shardings, None),
-            donate_argnums=0,
-        )
         t0 = time.perf_counter()
-        compiled = jitted.lower(train_state, device_batch).compile()
+        compiled = state.compile_step(step_fn, train_state, shardings, device_batch)
         compile_s = time.perf_counter() - t0
         out = None
         for _ in range(warmup):

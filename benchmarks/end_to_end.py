@@ -7,8 +7,8 @@ Runs `python -m vrl.main --config=configs/quickstart.py --workdir=WORKDIR` as a 
 subprocess, times it from the outside, then reads WORKDIR/metrics.jsonl: the trainer records
 `time/setup` (data pipeline, first batch, state init), `time/compile`, `time/steps` (the loop
 minus its waits), `time/data_wait`, `time/ckpt` (time the loop was blocked by checkpoints) and
-`time/eval` (the probes). What is left of the wall time is the interpreter start, imports and
-exit.
+`time/eval` (the probes). What is left of the wall time is the interpreter start, imports, the
+config checks and exit.
 """
 
 import json
@@ -78,8 +78,8 @@ def breakdown(wall: float, metrics: dict) -> list[list]:
         accounted += value
         rows.append([label, key, f"{value:.1f}", f"{100 * value / wall:.0f}%"])
     rest = wall - accounted
-    rows.append(["interpreter start, imports, exit", "(wall - phases)", f"{rest:.1f}",
-                 f"{100 * rest / wall:.0f}%"])
+    rows.append(["interpreter start, imports, config checks, exit", "(wall - phases)",
+                 f"{rest:.1f}", f"{100 * rest / wall:.0f}%"])
     rows.append(["**total (wall clock)**", "", f"**{wall:.1f}**", "100%"])
     return rows
 

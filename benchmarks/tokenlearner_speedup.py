@@ -1,6 +1,6 @@
 """Does TokenLearner save what its FLOPs say? A ViT with TokenLearner at the mid layer vs without.
 
-    python -m benchmarks.tokenlearner_speedup [--size=S] [--resolution=224] [--batch=2] [--record]
+    python -m benchmarks.tokenlearner_speedup [--size=S] [--resolution=160] [--batch=2] [--record]
     python -m benchmarks.tokenlearner_speedup --tiny --rounds=1 --steps=1    # a quick check
 
 Both are vrl's jitted supervised train step on the same clip and batch, timed in alternating
@@ -26,7 +26,7 @@ from vrl.objectives import base
 _SIZE = flags.DEFINE_enum("size", "S", list(vit.SIZES), "ViT size.")
 _BATCH = flags.DEFINE_integer("batch", 2, "Clips per step.")
 _FRAMES = flags.DEFINE_integer("frames", 16, "Frames per clip.")
-_RES = flags.DEFINE_integer("resolution", 224, "Clip height and width.")
+_RES = flags.DEFINE_integer("resolution", 160, "Clip height and width.")
 _TOKENS = flags.DEFINE_integer("tokens", 8, "Learned tokens per frame.")
 _VERSION = flags.DEFINE_enum("version", "1.1", ["1.1", "1.0"], "TokenLearner version.")
 _FUSER = flags.DEFINE_bool("fuser", False, "Add TokenFuser after every later block.")

@@ -81,6 +81,30 @@ def test_real_footage_windows_decode_far_fewer_frames():
     assert stats.frames_decoded < 20, stats  # the last frame costs one GOP, not the file
 
 
+def test_times_just_before_a_b_frame_keyframe_do_not_seek_back(tmp_path):
+    """MP4 indexes keyframes by decoding time, two frames ahead of presentation with x264's
+    B-frames: frame 58, before the keyframe shown at 60 (indexed at 58), must not look like a
+    time past that keyframe, or the seek lands on frame 30 and decodes 30..58 a second time
+    (41 frames decoded instead of 23)."""
+    path = str(tmp_path / "gop30.mp4")
+    params = "keyint=30:min-keyint=30:scenecut=0:bframes=3:b-pyramid=normal"
+    with av.open(path, "w") as container:
+        stream = container.add_stream(
+            "libx264", rate=30, options={"preset": "veryfast", "x264-params": params}
+        )
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(90):
+            frame = av.VideoFrame.from_ndarray(videos.draw(i, (64, 48)), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame.reformat(format="yuv420p")))
+        container.mux(stream.encode(None))
+    wanted = np.array([40, 54, 56, 58, 60, 62])
+    stats = decode.DecodeStats()
+    got = decode.decode_frames(path, wanted, stats=stats)
+    assert indices_shown(got) == wanted.tolist()
+    assert stats.frames_decoded < 30, stats  # frames 30..62 at most once each, less B-frames
+
+
 def test_real_footage_ntsc_rate_and_resize():
     path = videos.footage("carphone_pristine.mp4")  # 120 frames, 176x144, 30000/1001 fps
     info = decode.probe(path)

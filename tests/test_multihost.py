@@ -35,27 +35,11 @@ def in_process(workdir: str) -> None:
     train.train_and_evaluate(config, workdir)
 
 
-# The recipe with its `mesh` section spelled out, so --config.mesh.* can be overridden.
-WITH_MESH = f"""
-from vrl import sharding
-from vrl.config import load_file
-
-
-def get_config(arg=None):
-    c = load_file({CONFIG!r}, "runlocal")
-    c.mesh = config_lib.section(sharding.MeshConfig)
-    return c
-"""
-
-
 def launch(workdir: str, processes: int, devices: int, *flags: str) -> subprocess.CompletedProcess:
     """The same config through launch/local.sh: `processes` x `devices` CPU devices."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
     env["PYTHON"] = sys.executable
-    config = os.path.join(os.path.dirname(workdir), "config_with_mesh.py")
-    with open(config, "w") as f:
-        f.write(WITH_MESH)
-    args = [f"--config={config}", f"--workdir={workdir}", "--config.evals={}",
+    args = [f"--config={CONFIG}:runlocal", f"--workdir={workdir}", "--config.evals={}",
             *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *flags]
     out = subprocess.run(
         ["bash", "launch/local.sh", f"--cpu_devices={devices}", "--grace_s=10", str(processes),

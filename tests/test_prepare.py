@@ -109,7 +109,8 @@ def test_frames_store_round_trip_and_resume(inputs):
         ("cat/a.mp4", 10, 10.0),
         ("dog/c.avi", 12, 10.0),
     ]
-    assert all(frame[:2] == b"\xff\xd8" for frame in records[1]["frames"])  # JPEG
+    jpegs = source.frame_bytes(records[1], np.arange(12))
+    assert all(frame[:2] == b"\xff\xd8" for frame in jpegs)  # JPEG
     frames = source.decode(records[1], np.array([[11, 0], [3, 3]]))
     assert frames.shape == (2, 2, 48, 64, 3)
     assert shown(frames.reshape(-1, 48, 64, 3)) == [33, 0, 9, 9]
@@ -131,8 +132,25 @@ def test_frames_store_round_trip_and_resume(inputs):
     assert again["train"].transcoded == 0 and again["train"].cached == 2
     assert len(again["train"].failed) == 2  # unreadable inputs are retried, and fail again
     reread = sources.PreparedDataset(dataset="toy_jpeg", data_dir=str(out), split="train")
-    fifth = sorted(reread[i]["frames"][5] for i in range(2))
-    assert fifth == sorted(r["frames"][5] for r in records)
+    fifth = sorted(reread.frame_bytes(reread[i], np.array([5])) for i in range(2))
+    assert fifth == sorted(source.frame_bytes(r, np.array([5])) for r in records)
+
+
+def test_frames_store_chunks_read_only_the_records_a_clip_needs(inputs):
+    """Chunks of 4 frames: every frame of every video comes back from its own chunk record."""
+    build(inputs, "toy_chunks", store="frames", chunk_frames=4)
+    source = sources.PreparedDataset(dataset="toy_chunks", data_dir=str(inputs / "out"))
+    first = source._first
+    assert len(source) == 2 and first[1] - first[0] == 1 + -(-LENGTHS[source[0]["id"]] // 4)
+    for index in range(2):
+        record = source[index]
+        every = np.arange(record["num_frames"])
+        assert shown(source.decode(record, every)) == every.tolist()
+        assert shown(source.decode(record, np.array([13, 2, 13]))) == [13, 2, 13]
+    # The record table is checked against the records it points at.
+    source._first = [first[0] + 1, first[1]]
+    with pytest.raises(sources.DecodeError, match="should hold chunk 0 of it"):
+        source.decode(source[0], np.array([0]))
 
 
 def test_a_split_missing_from_an_existing_dataset_is_an_error(inputs):

@@ -47,6 +47,21 @@ def init_state(objective: Objective, tx, init_batch: dict, mesh, rules, seed: in
     return state, shardings
 
 
+def compile_step(step_fn, state, state_shardings, device_batch: dict):
+    """`step_fn` compiled for this state and global batch layout, the state donated.
+
+    Call under `jax.set_mesh(mesh)` and the logical axis rules, as the step runs there.
+    """
+    batch_shardings = jax.tree.map(lambda x: x.sharding, device_batch)
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+    return jitted.lower(state, device_batch).compile()
+
+
 def init_key(seed: int) -> jax.Array:
     """The key parameters are initialised from.
 

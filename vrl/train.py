@@ -29,7 +29,14 @@ from vrl import optim, sharding
 from vrl.data import pipeline
 from vrl.objectives import base
 from vrl.objectives.base import ClipSpec, Objective
-from vrl.state import TrainState, abstract_state, batch_spec, init_state, make_train_step
+from vrl.state import (
+    TrainState,
+    abstract_state,
+    batch_spec,
+    compile_step,
+    init_state,
+    make_train_step,
+)
 
 SECTIONS = ("data", "model", "objective", "optim", "mesh", "ckpt", "evals")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -312,17 +319,10 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
         objective, tx, lr_schedule, s.run.seed, s.optim.grad_accum_steps, s.run.on_nonfinite == "skip"
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        batch_shardings = {
-            k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in device_batch.items()
-        }
-        train_step = jax.jit(
-            step_fn,
-            in_shardings=(state_shardings, batch_shardings),
-            out_shardings=(state_shardings, None),
-            donate_argnums=0,
-        )
         t0 = time.perf_counter()
-        compiled = train_step.lower(state, sharding.to_global(device_batch, mesh)).compile()
+        compiled = compile_step(
+            step_fn, state, state_shardings, sharding.to_global(device_batch, mesh)
+        )
         logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
         log_memory(compiled)
 
@@ -333,7 +333,7 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
             total_steps, start, s.data.batch_size, metrics_lib.compiled_flops(compiled)
         )
         pending = None
-        data_stats = DataStats(s.data.max_skip_fraction)
+        data_stats = DataStats(s.data.max_skip_fraction, s.data.repeated_samples)
         # Where the wall time goes: setup (data, first batch, state), compile, the loop's steps
         # and its waits for data and checkpoints (time/steps is set when the loop ends).
         timers = {
@@ -445,8 +445,9 @@ def _finish_step(pending, s: Setup, progress, writer, timers, data_stats) -> Non
 class DataStats:
     """Counts unreadable videos and stops the run when they exceed the allowed fraction."""
 
-    def __init__(self, max_fraction: float):
+    def __init__(self, max_fraction: float, repeats: int = 1):
         self.max_fraction = max_fraction
+        self.repeats = repeats  # clips per decoded video (repeated sampling)
         self.seen = 0
         self.skipped = 0
         self.bad: dict[str, None] = {}
@@ -455,7 +456,7 @@ class DataStats:
         skipped = host.get("data/skipped")
         if skipped is None:
             return
-        self.seen += int(np.size(skipped)) + int(np.sum(skipped))
+        self.seen += int(np.size(skipped)) // self.repeats + int(np.sum(skipped))
         self.skipped += int(np.sum(skipped))
         for ids in np.ravel(host.get("data/bad_ids", [])):
             for vid in filter(None, str(ids).split(";")):

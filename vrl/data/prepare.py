@@ -9,9 +9,11 @@ an interruption skips everything already done. Unreadable or truncated inputs ar
 and listed in a summary (and in WORK/failed_<split>.csv) instead of stopping the run.
 
 `--store=video` keeps encoded video: the original bytes when neither --short_side nor --fps
-is given, else an H.264 re-encode (CRF --crf, a keyframe every second so clips seek fast).
-`--store=frames` keeps JPEG frames (quality --jpeg_quality). Every split of a dataset is
-written in one run: list them all in --split (the manifest's "{split}" is replaced by each).
+is given, else an H.264 re-encode (CRF --crf, a keyframe every second so clips seek fast), one
+record per video. `--store=frames` keeps JPEG frames (quality --jpeg_quality) in records of
+--chunk_frames consecutive frames, so that a clip reads only the chunks holding its frames
+(see `frames_layout`). Every split of a dataset is written in one run: list them all in
+--split (the manifest's "{split}" is replaced by each).
 
 `--make_manifest=kinetics|ucf101|hmdb51` converts the official annotation files into
 manifests instead (see docs/DATA.md).
@@ -53,13 +55,17 @@ Store = Literal["video", "frames"]
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """How each input is stored; part of the cache key, so changing any of them redoes work."""
+    """How each input is stored. All but chunk_frames are part of the cache key (changing them
+    redoes the transcoding); chunk_frames only groups the cached frames into records."""
 
     store: Store = "video"
     short_side: int | None = None
     fps: float | None = None
     jpeg_quality: int = 90
     crf: int = 23
+    # --store=frames: frames per record. A 16-frame clip at stride 2 spans 31 frames: two or
+    # three chunks of 16, read at ~0.05 ms a frame against ~0.3-1 ms to decode a JPEG.
+    chunk_frames: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,17 +191,22 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "num_frames": tfds.features.Tensor(shape=(), dtype=np.int64),
             "fps": tfds.features.Tensor(shape=(), dtype=np.float32),
         }
+        metadata = dataclasses.asdict(self._options)
         if self._options.store == "video":
             features["video"] = blob
         else:
+            features["chunk"] = tfds.features.Tensor(shape=(), dtype=np.int64)
             features["frames"] = tfds.features.Sequence(blob)
+            metadata[sources.FIRST_RECORD] = {}  # filled in as each split is written
         if self._classes is not None:
             features["label"] = tfds.features.ClassLabel(names=self._classes)
         return tfds.core.DatasetInfo(
             builder=self,
             description="Videos prepared by vrl.data.prepare.",
             features=tfds.features.FeaturesDict(features),
-            metadata=tfds.core.MetadataDict(dataclasses.asdict(self._options)),
+            metadata=tfds.core.MetadataDict(metadata),
+            # Frames records are addressed by position: they are written in key order.
+            disable_shuffling=self._options.store == "frames",
         )
 
     def _split_generators(self, dl_manager):
@@ -204,7 +215,10 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, split: str):
         summary = self._summary[split]
-        for task, status, reason in _run_pool(self._tasks[split], self._workers, split):
+        tasks = self._tasks[split]
+        order = {task.id: i for i, task in enumerate(tasks)}
+        records = {}  # frames store: manifest position -> records written for that video
+        for task, status, reason in _run_pool(tasks, self._workers, split):
             if status == "failed":
                 summary.failed.append((task.id, reason))
                 continue
@@ -216,14 +230,50 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "num_frames": item["num_frames"],
                 "fps": item["fps"],
             }
-            if self._options.store == "video":
-                example["video"] = item["video"]
-            else:
-                example["frames"] = item["frames"]
             if self._classes is not None:
                 example["label"] = task.label
             summary.examples += 1
-            yield task.id, example
+            if self._options.store == "video":
+                yield task.id, {**example, "video": item["video"]}
+                continue
+            video = order[task.id]
+            parts = frames_layout(example, item["frames"], self._options.chunk_frames)
+            records[video] = len(parts)
+            for part, record in enumerate(parts):
+                yield record_key(video, len(tasks), part), record
+        if self._options.store == "frames":
+            counts = [records[video] for video in sorted(records)]
+            self.info.metadata[sources.FIRST_RECORD][split] = [0, *itertools.accumulate(counts)][:-1]
+
+
+def frames_layout(
+    video: dict[str, Any], jpegs: Sequence[bytes], chunk_frames: int
+) -> list[dict[str, Any]]:
+    """The records of one video in the frames store, in the order they are written.
+
+    A header (the video's id, num_frames, fps and label; `chunk` -1, no frames) is followed by
+    its frames in chunks of `chunk_frames` (`chunk` 0, 1, ...; each repeats the header's
+    fields, so a record read on its own says whose frames it holds). The split's table
+    metadata["first_record"][split] gives each video's header position, in manifest order:
+    a source reads the header for a record, and chunk c of that video at header + 1 + c.
+    """
+    header = {**video, "chunk": -1, "frames": []}
+    chunks = [
+        {**video, "chunk": c, "frames": list(jpegs[start : start + chunk_frames])}
+        for c, start in enumerate(range(0, len(jpegs), chunk_frames))
+    ]
+    return [header, *chunks]
+
+
+def record_key(video: int, videos: int, part: int) -> int:
+    """TFDS key of record `part` of the `video`-th of `videos` inputs (frames store).
+
+    With shuffling disabled TFDS writes records in key order, which makes (video, part) the
+    on-disk order. It sorts in memory one of 1,000 buckets at a time, assigned by ranges of a
+    128-bit key space: spreading the videos over that space keeps the buckets even, so a split
+    larger than memory is written without holding all of it.
+    """
+    return video * (2**128 // videos) + part
 
 
 def _builder_class(name: str) -> type:
@@ -297,6 +347,8 @@ def prepare(
         raise FileNotFoundError(f"--videos={videos} is not a directory")
     if options.store not in ("video", "frames"):
         raise ValueError(f"--store={options.store!r}; allowed: video, frames")
+    if options.chunk_frames < 1:
+        raise ValueError(f"--chunk_frames={options.chunk_frames}: must be >= 1")
     work_dir = work_dir or os.path.join(out, "_work", name)
     existing = os.path.join(out, name, VERSION, "dataset_info.json")
     if os.path.exists(existing):
@@ -322,7 +374,9 @@ def prepare(
     if labelled:
         all_labels = [r.label for split_rows in rows.values() for r in split_rows]
         names, lookup = sources.class_names(all_labels, classes, f"manifests {manifest}")
-    key = hashlib.sha1(repr(dataclasses.astuple(options)).encode()).hexdigest()[:8]
+    fields = [f.name for f in dataclasses.fields(options) if f.name != "chunk_frames"]
+    encoding = tuple(getattr(options, name) for name in fields)  # see Options
+    key = hashlib.sha1(repr(encoding).encode()).hexdigest()[:8]
     tasks = {
         split: [
             _Task(
@@ -512,6 +566,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("classes", None, "Class names, one per line ('1 Name' lines work too).")
     flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality for --store=frames.")
     flags.DEFINE_integer("crf", 23, "H.264 constant rate factor when re-encoding (lower: better).")
+    flags.DEFINE_integer("chunk_frames", 16, "--store=frames: consecutive frames per record.")
     flags.DEFINE_enum(
         "make_manifest", None, ["kinetics", "ucf101", "hmdb51"],
         "Write manifests from official annotation files instead of preparing a dataset.",
@@ -538,7 +593,10 @@ def main(argv: Sequence[str]) -> None:
     elif FLAGS.make_manifest == "hmdb51":
         hmdb51_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest, FLAGS.fold)
     else:
-        options = Options(FLAGS.store, FLAGS.short_side, FLAGS.fps, FLAGS.jpeg_quality, FLAGS.crf)
+        options = Options(
+            FLAGS.store, FLAGS.short_side, FLAGS.fps, FLAGS.jpeg_quality, FLAGS.crf,
+            FLAGS.chunk_frames,
+        )  # fmt: skip
         classes = read_classes(FLAGS.classes) if FLAGS.classes else None
         prepare(
             FLAGS.videos, FLAGS.manifest, FLAGS.name, FLAGS.split, FLAGS.out,

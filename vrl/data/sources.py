@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import fractions
 import glob
-import io
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -63,6 +62,8 @@ MANIFEST_COLUMNS = ("path", "label", "num_frames", "fps")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".ogv", ".ogg", ".mpg")
 VIDEO_EXTENSIONS += (".mpeg", ".flv", ".3gp")
 LABEL_SET = "label"
+# metadata.json key of the frames store's per-split table: record position of each video's header.
+FIRST_RECORD = "first_record"
 _SHOWN = 5  # examples listed in an error message
 
 
@@ -207,7 +208,7 @@ def check_exist(root: str, paths: Sequence[str], where: str) -> None:
 
 
 # --- sources ------------------------------------------------------------------------------
-# PyAV, Pillow and TFDS are imported inside methods: the registry imports this module, and
+# PyAV and TFDS are imported inside methods: the registry imports this module, and
 # machines that only run models have none of them.
 
 
@@ -361,8 +362,8 @@ class PreparedDataset(Source):
     """A dataset written by `python -m vrl.data.prepare`, read with `tfds.data_source`.
 
     Random access into ArrayRecord files, no TensorFlow. Each record holds the encoded video
-    (`store=video`, decoded with PyAV from memory) or its JPEG frames (`store=frames`, decoded
-    with Pillow). `fps` resamples (records then report num_frames and fps at that rate) and
+    (`store=video`, decoded with PyAV from memory) or its JPEG frames (`store=frames`, in
+    chunks of consecutive frames, decoded with FFmpeg's MJPEG decoder). `fps` resamples (records then report num_frames and fps at that rate) and
     `short_side` resizes at decode time. `dataset` is the --name given to prepare (the key
     `name` is the registry's: {"name": "tfds", "dataset": ...}); `data_dir` None means TFDS's
     default directory.
@@ -385,6 +386,17 @@ class PreparedDataset(Source):
         self._store = "video" if "video" in features else "frames"
         self._names = list(features["label"].names) if "label" in features else None
         self._len = len(source)
+        if self._store == "frames":
+            metadata = source.dataset_info.metadata or {}
+            first = metadata.get(FIRST_RECORD, {}).get(self.split)
+            if first is None or "chunk_frames" not in metadata:
+                raise ValueError(
+                    f"tfds source {self.dataset}/{self.split}: frames store without its "
+                    f"{FIRST_RECORD!r} table in metadata.json; prepare it again"
+                )
+            self._first = [int(i) for i in first]  # each video's header record
+            self._chunk = int(metadata["chunk_frames"])
+            self._len = len(self._first)
 
     def __len__(self) -> int:
         return self._len
@@ -392,8 +404,9 @@ class PreparedDataset(Source):
     def __getitem__(self, index: int) -> dict[str, Any]:
         from vrl.data import decode
 
+        position = self._first[int(index)] if self._store == "frames" else int(index)
         try:
-            example = self._open()[int(index)]
+            example = self._open()[position]
         except (RuntimeError, OSError, ValueError) as e:  # a corrupted ArrayRecord chunk
             # Reported by `decode`, where the pipeline skips and counts unreadable videos.
             where = f"{self.dataset}/{self.split}/{int(index)}"
@@ -411,7 +424,7 @@ class PreparedDataset(Source):
         if self._store == "video":
             record["video"] = bytes(example["video"])
         else:
-            record["frames"] = [bytes(f) for f in example["frames"]]
+            record["header"] = position
         return record
 
     def decode(self, record: dict[str, Any], frame_indices: np.ndarray) -> np.ndarray:
@@ -431,31 +444,37 @@ class PreparedDataset(Source):
                 f"{record['id']}: frame {int(wanted.max())} requested, the record has {count}"
             )
         unique, inverse = np.unique(wanted, return_inverse=True)
-        frames = [self._jpeg(record["frames"][i], record["id"]) for i in unique]
-        if not frames:
+        jpegs = self.frame_bytes(record, unique)
+        frames = decode.decode_jpegs(jpegs, short_side=self.short_side, name=record["id"])
+        if not len(frames):
             return np.zeros((*wanted.shape, 0, 0, 3), np.uint8)
-        return np.stack(frames)[inverse.reshape(wanted.shape)]
+        return frames[inverse.reshape(wanted.shape)]
 
     @property
     def label_names(self) -> dict[str, list[str]]:
         return {LABEL_SET: list(self._names)} if self._names is not None else {}
 
-    def _jpeg(self, data: bytes, name: str) -> np.ndarray:
-        from PIL import Image
+    def frame_bytes(self, record: dict[str, Any], frames: np.ndarray) -> list[bytes]:
+        """The stored JPEG images of native `frames` (sorted, unique) of a frames-store record.
 
+        Reads only the chunk records that hold them (see `vrl.data.prepare.frames_layout`).
+        """
+        chunks = np.unique(frames // self._chunk).tolist()
+        positions = [record["header"] + 1 + c for c in chunks]
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                size = image.size
-                if self.short_side is not None:
-                    scale = self.short_side / min(size)
-                    size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-                    image.draft("RGB", size)  # JPEG DCT scaling: decode big frames small
-                image = image.convert("RGB")
-                if image.size != size:
-                    image = image.resize(size, Image.Resampling.BILINEAR)
-                return np.asarray(image, np.uint8)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DecodeError(f"{name}: unreadable JPEG frame: {e}") from e
+            examples = self._open().__getitems__(positions)
+        except (RuntimeError, OSError, ValueError) as e:  # a corrupted ArrayRecord chunk
+            reason = " ".join(str(e).split())
+            raise DecodeError(f"{record['id']}: unreadable frame records: {reason}") from e
+        held = {}
+        for chunk, example in zip(chunks, examples):
+            if _text(example["id"]) != record["id"] or int(example["chunk"]) != chunk:
+                raise DecodeError(
+                    f"{record['id']}: record {record['header'] + 1 + chunk} should hold chunk "
+                    f"{chunk} of it, holds chunk {int(example['chunk'])} of {_text(example['id'])}"
+                )
+            held[chunk] = example["frames"]
+        return [bytes(held[f // self._chunk][f % self._chunk]) for f in frames.tolist()]
 
     def _open(self):
         if self._source is None:

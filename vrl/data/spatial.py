@@ -6,15 +6,19 @@ box, flip, jitter factors, blur sigma, ...) are drawn once per view and applied 
 frames, so motion inside a clip is never confused with augmentation noise (the CVRL rule).
 Probabilities may be given per view, e.g. `gaussian_blur(p=(1.0, 0.1))`.
 
-Resizing and blurring use PIL per frame (its C loops beat numpy for these); colour ops are
-vectorised numpy over the whole view.
+Resizing goes through FFmpeg's swscale (PyAV) per frame: the same antialiased bilinear filter
+as PIL's BILINEAR (outputs agree to within one level away from the borders) at a third of its
+cost, which matters because every clip pays it for every frame. Blurring uses PIL per frame;
+colour ops are vectorised numpy over the whole view.
 """
 
 import functools
 import math
 from typing import Literal
 
+import av
 import numpy as np
+from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image, ImageFilter
 
 from vrl import registry
@@ -27,6 +31,9 @@ _RGB_TO_YIQ = np.array(
     [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64
 )
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+# Bilinear (a triangle filter widened when shrinking, as PIL's); RGB read at full horizontal
+# resolution and scaled as planar RGB, so no colour conversion or chroma subsampling happens.
+_RESIZE_FLAGS = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INP
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -50,13 +57,32 @@ def random_resized_crop(
         views, frames, height, width, _ = video.shape
         out = np.empty((views, frames, size, size, 3), np.uint8)
         for v in range(views):
-            box = sample_crop_box(rng, height, width, area, aspect)
-            for t in range(frames):
-                image = Image.fromarray(video[v, t])
-                out[v, t] = np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
+            left, top, right, bottom = sample_crop_box(rng, height, width, area, aspect)
+            resize_frames(video[v, :, top:bottom, left:right], size, size, out=out[v])
         return {**example, "video": out}
 
     return op
+
+
+def resize_frames(
+    frames: np.ndarray, width: int, height: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """uint8 RGB [T, h, w, 3] -> [T, height, width, 3], antialiased bilinear (see _RESIZE_FLAGS).
+
+    `frames` may be a crop (a strided slice) of larger frames: swscale reads it in place.
+    """
+    if out is None:
+        out = np.empty((len(frames), height, width, 3), np.uint8)
+    reformatter = VideoReformatter()  # one swscale context for every frame
+    for t, frame in enumerate(frames):
+        if frame.strides[1:] != (3, 1):  # e.g. a flipped view: pixels must be packed in rows
+            frame = np.ascontiguousarray(frame)
+        picture = av.VideoFrame.from_numpy_buffer(frame, "rgb24")
+        planar = reformatter.reformat(
+            picture, width=width, height=height, format="gbrp", interpolation=_RESIZE_FLAGS
+        )
+        out[t] = planar.to_ndarray(channel_last=True)
+    return out
 
 
 def sample_crop_box(
@@ -122,9 +148,7 @@ def resize_short(size: int = 256) -> Op:
             new_h, new_w = max(1, round(height * size / width)), size
         out = np.empty((views, frames, new_h, new_w, 3), np.uint8)
         for v in range(views):
-            for t in range(frames):
-                image = Image.fromarray(video[v, t])
-                out[v, t] = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+            resize_frames(video[v], new_w, new_h, out=out[v])
         return {**example, "video": out}
 
     return op
