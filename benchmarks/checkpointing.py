@@ -53,7 +53,9 @@ def train_state(model: dict):
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
     tx, _ = optim.make(
         optim.OptimConfig(name="adamw", weight_decay=0.05),
-        total_steps=1000, batch_size=2, steps_per_epoch=100,
+        total_steps=1000,
+        batch_size=2,
+        steps_per_epoch=100,
     )
     train, shardings = state.init_state(
         objective, tx, init_batch, mesh, sharding.RULES["data"], seed=0
@@ -117,8 +119,13 @@ def measure(model: dict, rounds: int, root: str) -> dict:
         mngr.close()
     ratios = [a / s for a, s in zip(times["async_blocking"], times["sync"])]
     medians = {k: float(np.median(v)) for k, v in times.items()}
-    return {"bytes": size, "ratio": float(np.median(ratios)), "ratios": ratios, "first": first,
-            **medians}
+    return {
+        "bytes": size,
+        "ratio": float(np.median(ratios)),
+        "ratios": ratios,
+        "first": first,
+        **medians,
+    }
 
 
 def main(argv):
@@ -134,30 +141,50 @@ def main(argv):
     mb = r["bytes"] / 1e6
     body = [
         ["synchronous save", f"{r['sync']:.3f}", f"{r['sync']:.3f}", "", f"{mb / r['sync']:.0f}"],
-        ["async save", f"{r['async_blocking']:.3f}", f"{r['async_total']:.3f}",
-         f"{r['ratio']:.3f} (rounds {', '.join(f'{x:.3f}' for x in r['ratios'])})",
-         f"{mb / r['async_total']:.0f}"],
-        ["first async save of a run", f"{r['first']['async'][0]:.3f}",
-         f"{r['first']['async'][1]:.3f}",
-         f"{r['first']['async'][0] / r['sync']:.3f}", ""],
-        ["restore (strict)", f"{r['restore']:.3f}", f"{r['restore']:.3f}", "",
-         f"{mb / r['restore']:.0f}"],
+        [
+            "async save",
+            f"{r['async_blocking']:.3f}",
+            f"{r['async_total']:.3f}",
+            f"{r['ratio']:.3f} (rounds {', '.join(f'{x:.3f}' for x in r['ratios'])})",
+            f"{mb / r['async_total']:.0f}",
+        ],
+        [
+            "first async save of a run",
+            f"{r['first']['async'][0]:.3f}",
+            f"{r['first']['async'][1]:.3f}",
+            f"{r['first']['async'][0] / r['sync']:.3f}",
+            "",
+        ],
+        [
+            "restore (strict)",
+            f"{r['restore']:.3f}",
+            f"{r['restore']:.3f}",
+            "",
+            f"{mb / r['restore']:.0f}",
+        ],
     ]
     name = "tiny ViT" if _TINY.value else f"ViT-{_SIZE.value}"
-    text = "\n".join([
-        f"Train state of a supervised {name} with AdamW ({mb:.0f} MB float32: parameters and "
-        f"two moments), plus the data iterator and config; medians over {_ROUNDS.value} "
-        f"alternating rounds. {common.machine()}",
-        "",
-        common.markdown_table(
-            ["operation", "blocks training (s)", "until written (s)",
-             "blocking / synchronous", "MB/s"],
-            body,
-        ),
-        "",
-        f"Async save blocks for {r['ratio']:.3f} of a synchronous save (goal <= {GOAL}): "
-        f"{'met' if r['ratio'] <= GOAL else 'NOT met'}. Restore: {mb / r['restore']:.0f} MB/s.",
-    ])
+    text = "\n".join(
+        [
+            f"Train state of a supervised {name} with AdamW ({mb:.0f} MB float32: parameters and "
+            f"two moments), plus the data iterator and config; medians over {_ROUNDS.value} "
+            f"alternating rounds. {common.machine()}",
+            "",
+            common.markdown_table(
+                [
+                    "operation",
+                    "blocks training (s)",
+                    "until written (s)",
+                    "blocking / synchronous",
+                    "MB/s",
+                ],
+                body,
+            ),
+            "",
+            f"Async save blocks for {r['ratio']:.3f} of a synchronous save (goal <= {GOAL}): "
+            f"{'met' if r['ratio'] <= GOAL else 'NOT met'}. Restore: {mb / r['restore']:.0f} MB/s.",
+        ]
+    )
     print(text)
     if _RECORD.value:
         common.record("Checkpointing (benchmarks/checkpointing.py)", text)

@@ -78,8 +78,14 @@ def breakdown(wall: float, metrics: dict) -> list[list]:
         accounted += value
         rows.append([label, key, f"{value:.1f}", f"{100 * value / wall:.0f}%"])
     rest = wall - accounted
-    rows.append(["interpreter start, imports, config checks, exit", "(wall - phases)",
-                 f"{rest:.1f}", f"{100 * rest / wall:.0f}%"])
+    rows.append(
+        [
+            "interpreter start, imports, config checks, exit",
+            "(wall - phases)",
+            f"{rest:.1f}",
+            f"{100 * rest / wall:.0f}%",
+        ]
+    )
     rows.append(["**total (wall clock)**", "", f"**{wall:.1f}**", "100%"])
     return rows
 
@@ -93,15 +99,20 @@ def main(argv):
     step_time = metrics.get("perf/step_time_s")
     clips = metrics.get("perf/clips_per_s")
     name = CONFIG + (":runlocal" if _QUICK.value else "")
-    text = "\n".join([
-        f"`python -m vrl.main --config={name}`: {steps} steps, then linear probes; workdir "
-        f"{workdir}. {common.machine()}",
-        "",
-        common.markdown_table(["phase", "metric", "seconds", "share"], breakdown(wall, metrics)),
-        "",
-        f"Last logged step time {step_time:.3f} s ({clips:.1f} clips/s)."
-        if step_time and clips else "No step time was logged.",
-    ])
+    text = "\n".join(
+        [
+            f"`python -m vrl.main --config={name}`: {steps} steps, then linear probes; workdir "
+            f"{workdir}. {common.machine()}",
+            "",
+            common.markdown_table(
+                ["phase", "metric", "seconds", "share"], breakdown(wall, metrics)
+            ),
+            "",
+            f"Last logged step time {step_time:.3f} s ({clips:.1f} clips/s)."
+            if step_time and clips
+            else "No step time was logged.",
+        ]
+    )
     print(text)
     if _RECORD.value:
         common.record("End to end quickstart (benchmarks/end_to_end.py)", text)

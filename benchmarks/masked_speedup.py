@@ -28,12 +28,20 @@ GOAL = 0.6
 
 
 def videomae(size: str, ratio: float, mask: str):
-    encoder = config_lib.component("model", {"name": "vit", "size": size}, "model", dtype=jnp.float32)
+    encoder = config_lib.component(
+        "model", {"name": "vit", "size": size}, "model", dtype=jnp.float32
+    )
     width, heads = DECODER[size]
     return config_lib.component(
         "objective",
-        {"name": "videomae", "mask": mask, "mask_ratio": ratio, "decoder_width": width,
-         "decoder_depth": 4, "decoder_heads": heads},
+        {
+            "name": "videomae",
+            "mask": mask,
+            "mask_ratio": ratio,
+            "decoder_width": width,
+            "decoder_depth": 4,
+            "decoder_heads": heads,
+        },
         "objective",
         encoder=encoder,
     )
@@ -58,18 +66,23 @@ def main(argv):
     flop_ratio = full["flops"] / masked["flops"]
     speedup = full["step_s"] / masked["step_s"]
     body = [
-        [r["variant"], r["kept"], f"{r['flops'] / 1e9:.1f}", f"{1e3 * r['step_s']:.0f}"] for r in rows
+        [r["variant"], r["kept"], f"{r['flops'] / 1e9:.1f}", f"{1e3 * r['step_s']:.0f}"]
+        for r in rows
     ]
-    text = "\n".join([
-        f"VideoMAE ViT-{_SIZE.value}, batch {_BATCH.value}, {_FRAMES.value}x{_RES.value}x"
-        f"{_RES.value} clips, float32. {common.machine()}",
-        "",
-        common.markdown_table(["variant", "tokens in encoder", "GFLOP/step", "step (ms)"], body),
-        "",
-        f"Analytic FLOP ratio {flop_ratio:.2f}x; measured speedup {speedup:.2f}x = "
-        f"{speedup / flop_ratio:.2f} of the FLOP ratio (goal >= {GOAL}): "
-        f"{'met' if speedup >= GOAL * flop_ratio else 'NOT met'}.",
-    ])
+    text = "\n".join(
+        [
+            f"VideoMAE ViT-{_SIZE.value}, batch {_BATCH.value}, {_FRAMES.value}x{_RES.value}x"
+            f"{_RES.value} clips, float32. {common.machine()}",
+            "",
+            common.markdown_table(
+                ["variant", "tokens in encoder", "GFLOP/step", "step (ms)"], body
+            ),
+            "",
+            f"Analytic FLOP ratio {flop_ratio:.2f}x; measured speedup {speedup:.2f}x = "
+            f"{speedup / flop_ratio:.2f} of the FLOP ratio (goal >= {GOAL}): "
+            f"{'met' if speedup >= GOAL * flop_ratio else 'NOT met'}.",
+        ]
+    )
     print(text)
     if _RECORD.value:
         common.record("Masked speedup (benchmarks/masked_speedup.py)", text)

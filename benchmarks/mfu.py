@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from vrl import config as config_lib
 from benchmarks import common
 from benchmarks import flops as flops_lib
+from vrl import config as config_lib
 from vrl import metrics, registry
 from vrl.objectives import base, jepa
 
@@ -44,7 +44,12 @@ CASES = {
     ),
     "videomae_b": dict(
         model=VIT_B,
-        objective={"name": "videomae", "decoder_width": 384, "decoder_depth": 4, "decoder_heads": 6},
+        objective={
+            "name": "videomae",
+            "decoder_width": 384,
+            "decoder_depth": 4,
+            "decoder_heads": 6,
+        },
         batch=64,
     ),
     "vjepa_l": dict(model=VIT_L, objective={"name": "vjepa"}, batch=24),
@@ -99,7 +104,9 @@ def run_case(name: str, case: dict, tiny: bool, steps: int) -> dict:
     clip = (4, 64, 64) if tiny else (16, 224, 224)
     batch_size = 2 if tiny else case["batch"]
     objective = build(case, tiny, dtype).for_training(1000)
-    batch = common.make_batch(objective, base.ClipSpec(*clip, views=case.get("views", 1)), batch_size)
+    batch = common.make_batch(
+        objective, base.ClipSpec(*clip, views=case.get("views", 1)), batch_size
+    )
     timing = common.time_train_step(objective, batch, steps)
     flops = flops_lib.model_flops(objective, batch, clip)
     xla = metrics.compiled_flops(timing["compiled"])
@@ -120,17 +127,34 @@ def run_case(name: str, case: dict, tiny: bool, steps: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    header = ["case", "batch", "step (ms)", "clips/s", "model TFLOP/step", "XLA TFLOP/step",
-              "TFLOP/s/device", "MFU", "compile (s)"]
+    header = [
+        "case",
+        "batch",
+        "step (ms)",
+        "clips/s",
+        "model TFLOP/step",
+        "XLA TFLOP/step",
+        "TFLOP/s/device",
+        "MFU",
+        "compile (s)",
+    ]
     body = []
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (no peak for this chip)"
         xla = f"{r['xla_tflop_per_step']:.4g}" if r["xla_tflop_per_step"] else "n/a"
-        body.append([
-            r["case"], r["batch"], f"{r['step_ms']:.1f}", f"{r['clips_per_s']:.1f}",
-            f"{r['model_tflop_per_step']:.4g}", xla, f"{r['tflops_per_device']:.4g}", mfu,
-            f"{r['compile_s']:.0f}",
-        ])
+        body.append(
+            [
+                r["case"],
+                r["batch"],
+                f"{r['step_ms']:.1f}",
+                f"{r['clips_per_s']:.1f}",
+                f"{r['model_tflop_per_step']:.4g}",
+                xla,
+                f"{r['tflops_per_device']:.4g}",
+                mfu,
+                f"{r['compile_s']:.0f}",
+            ]
+        )
     return common.machine() + "\n\n" + common.markdown_table(header, body)
 
 

@@ -65,15 +65,21 @@ its buffer assignment keeps the recomputed values live (a plain 8-block MLP unde
 def supervised(model: dict, opt: str = "adamw"):
     config = {"model": model, "objective": {"name": "supervised", "num_classes": 400}}
     objective = base.build(config)
-    tx, schedule = optim.make(optim.OptimConfig(name=opt, lr=0.1, schedule="constant"),
-                              total_steps=10, batch_size=32, steps_per_epoch=10)
+    tx, schedule = optim.make(
+        optim.OptimConfig(name=opt, lr=0.1, schedule="constant"),
+        total_steps=10,
+        batch_size=32,
+        steps_per_epoch=10,
+    )
     return objective, tx, schedule
 
 
 def clips(n: int, frames=8, size=112, seed=0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"video": rng.integers(0, 256, (n, frames, size, size, 3), dtype=np.uint8),
-            "label/label": rng.integers(0, 400, n).astype(np.int32)}
+    return {
+        "video": rng.integers(0, 256, (n, frames, size, size, 3), dtype=np.uint8),
+        "label/label": rng.integers(0, 400, n).astype(np.int32),
+    }
 
 
 def mesh_for(preset: str, devices=None):
@@ -87,8 +93,10 @@ def state_bytes_per_device(train_state) -> int:
 
 
 def max_abs_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 # ------------------------------------------------------------------------------------ memory
@@ -109,9 +117,15 @@ def memory_rows(size: str) -> list[list]:
         ratio = per_device[preset] / base_bytes
         goal = f"<= {FSDP_GOAL:.3f}" if preset == "fsdp" else ""
         ok = ("yes" if ratio <= FSDP_GOAL else "NO") if preset == "fsdp" else ""
-        rows.append([f"params + AdamW per device, {preset}",
-                     f"ViT-{size}, mesh {sizes}", f"{per_device[preset] / 1e6:.1f} MB "
-                     f"({ratio:.3f} of replicated)", goal, ok])
+        rows.append(
+            [
+                f"params + AdamW per device, {preset}",
+                f"ViT-{size}, mesh {sizes}",
+                f"{per_device[preset] / 1e6:.1f} MB ({ratio:.3f} of replicated)",
+                goal,
+                ok,
+            ]
+        )
     return rows
 
 
@@ -127,20 +141,26 @@ def remat_rows(size: str) -> list[list]:
         step = state.make_train_step(objective, tx, schedule, 0, 1, False)
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             device_batch = sharding.to_global(batch, mesh)
-            compiled = jax.jit(
-                step,
-                in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, device_batch)),
-                out_shardings=(shardings, None),
-            ).lower(train_state, device_batch).compile()
+            compiled = (
+                jax.jit(
+                    step,
+                    in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, device_batch)),
+                    out_shardings=(shardings, None),
+                )
+                .lower(train_state, device_batch)
+                .compile()
+            )
         temps[remat] = compiled.memory_analysis().temp_size_in_bytes
     on_cpu = jax.default_backend() == "cpu"
-    rows.append([
-        "compiled step temp memory per device",
-        f"ViT-{size}, fsdp=8, 8 x 8x112x112 clips, remat off / on",
-        f"{temps[False] / 1e6:.1f} / {temps[True] / 1e6:.1f} MB",
-        "informative only (see note)" if on_cpu else "on < off",
-        "" if on_cpu else ("yes" if temps[True] < temps[False] else "NO"),
-    ])
+    rows.append(
+        [
+            "compiled step temp memory per device",
+            f"ViT-{size}, fsdp=8, 8 x 8x112x112 clips, remat off / on",
+            f"{temps[False] / 1e6:.1f} / {temps[True] / 1e6:.1f} MB",
+            "informative only (see note)" if on_cpu else "on < off",
+            "" if on_cpu else ("yes" if temps[True] < temps[False] else "NO"),
+        ]
+    )
     return rows
 
 
@@ -154,15 +174,29 @@ def accumulation_rows() -> list[list]:
         if name == "supervised":
             objective, tx, schedule = supervised(tiny, opt="sgd")
         else:
-            objective = base.build({"model": tiny, "objective": {
-                "name": "videomae", "mask_ratio": 0.75, "decoder_width": 32, "decoder_depth": 1,
-                "decoder_heads": 2}})
-            tx, schedule = optim.make(optim.OptimConfig(name="sgd", lr=0.1, schedule="constant"),
-                                      total_steps=10, batch_size=32, steps_per_epoch=10)
+            objective = base.build(
+                {
+                    "model": tiny,
+                    "objective": {
+                        "name": "videomae",
+                        "mask_ratio": 0.75,
+                        "decoder_width": 32,
+                        "decoder_depth": 1,
+                        "decoder_heads": 2,
+                    },
+                }
+            )
+            tx, schedule = optim.make(
+                optim.OptimConfig(name="sgd", lr=0.1, schedule="constant"),
+                total_steps=10,
+                batch_size=32,
+                steps_per_epoch=10,
+            )
         batch = common.make_batch(objective, base.ClipSpec(4, 32, 32), 32, seed=1)
         mesh, rules = mesh_for("data")
         train_state, _ = state.init_state(
-            objective, tx, {k: v[:2] for k, v in batch.items()}, mesh, rules, seed=0)
+            objective, tx, {k: v[:2] for k, v in batch.items()}, mesh, rules, seed=0
+        )
         out = {}
         for accum in (1, 4):
             step = state.make_train_step(objective, tx, schedule, 0, accum, False)
@@ -172,9 +206,15 @@ def accumulation_rows() -> list[list]:
         diff = max_abs_diff(out[1][0], out[4][0])
         loss_rel = abs(out[4][1] - out[1][1]) / abs(out[1][1])
         ok = diff <= 1e-5 and loss_rel <= 1e-5
-        rows.append([f"grad accumulation, {name}", "4 x 8 clips vs 1 x 32 clips, SGD",
-                     f"params max abs diff {diff:.1e}, loss rel diff {loss_rel:.1e}", "<= 1e-5",
-                     "yes" if ok else "NO"])
+        rows.append(
+            [
+                f"grad accumulation, {name}",
+                "4 x 8 clips vs 1 x 32 clips, SGD",
+                f"params max abs diff {diff:.1e}, loss rel diff {loss_rel:.1e}",
+                "<= 1e-5",
+                "yes" if ok else "NO",
+            ]
+        )
     return rows
 
 
@@ -204,9 +244,20 @@ def run_local(root: str, workdir: str, processes: int, devices: int, *flags: str
     env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
     env["PYTHON"] = sys.executable
     out = subprocess.run(
-        ["bash", os.path.join(REPO, "launch", "local.sh"), f"--cpu_devices={devices}",
-         str(processes), "--", f"--config={config}", f"--workdir={workdir}", *flags],
-        cwd=REPO, env=env, capture_output=True, text=True,
+        [
+            "bash",
+            os.path.join(REPO, "launch", "local.sh"),
+            f"--cpu_devices={devices}",
+            str(processes),
+            "--",
+            f"--config={config}",
+            f"--workdir={workdir}",
+            *flags,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise RuntimeError(f"local.sh failed ({out.returncode}):\n{out.stdout[-3000:]}")
@@ -253,25 +304,50 @@ def multiprocess_rows() -> list[list]:
     loss_rel = max(abs(two_losses[s] - v) / abs(v) for s, v in ref_losses.items())
     reference = params_at(one, STEPS)
     rows = [
-        ["2 proc x 4 dev vs 1 x 8: losses", f"VideoMAE :runlocal, {STEPS} steps, dcn_data=2",
-         f"max rel diff {loss_rel:.1e} ({len(two_losses)} steps)", "<= 1e-5",
-         "yes" if loss_rel <= 1e-5 and sorted(two_losses) == sorted(ref_losses) else "NO"],
+        [
+            "2 proc x 4 dev vs 1 x 8: losses",
+            f"VideoMAE :runlocal, {STEPS} steps, dcn_data=2",
+            f"max rel diff {loss_rel:.1e} ({len(two_losses)} steps)",
+            "<= 1e-5",
+            "yes" if loss_rel <= 1e-5 and sorted(two_losses) == sorted(ref_losses) else "NO",
+        ],
     ]
     diff = max_abs_diff(params_at(two, STEPS), reference)
-    rows.append(["2 proc x 4 dev vs 1 x 8: params", f"after {STEPS} steps",
-                 f"params max abs diff {diff:.1e}", "<= 5e-5", "yes" if diff <= 5e-5 else "NO"])
+    rows.append(
+        [
+            "2 proc x 4 dev vs 1 x 8: params",
+            f"after {STEPS} steps",
+            f"params max abs diff {diff:.1e}",
+            "<= 5e-5",
+            "yes" if diff <= 5e-5 else "NO",
+        ]
+    )
 
     two_on_one = truncated_copy(two, os.path.join(root, "two_on_one"), STEPS - 1)
     run_in_process(two_on_one)
     diff = max_abs_diff(params_at(two_on_one, STEPS), reference)
-    rows.append(["restore 2x4 step-2 checkpoint on 1x8", "resume to step 3",
-                 f"params max abs diff {diff:.1e}", "<= 5e-5", "yes" if diff <= 5e-5 else "NO"])
+    rows.append(
+        [
+            "restore 2x4 step-2 checkpoint on 1x8",
+            "resume to step 3",
+            f"params max abs diff {diff:.1e}",
+            "<= 5e-5",
+            "yes" if diff <= 5e-5 else "NO",
+        ]
+    )
 
     one_on_two = truncated_copy(one, os.path.join(root, "one_on_two"), STEPS - 1)
     run_local(root, one_on_two, 2, 2, "--config.mesh.fsdp=4", "--config.mesh.rules=fsdp")
     diff = max_abs_diff(params_at(one_on_two, STEPS), reference)
-    rows.append(["restore 1x8 step-2 checkpoint on 2x2 (fsdp=4)", "resume to step 3",
-                 f"params max abs diff {diff:.1e}", "<= 5e-5", "yes" if diff <= 5e-5 else "NO"])
+    rows.append(
+        [
+            "restore 1x8 step-2 checkpoint on 2x2 (fsdp=4)",
+            "resume to step 3",
+            f"params max abs diff {diff:.1e}",
+            "<= 5e-5",
+            "yes" if diff <= 5e-5 else "NO",
+        ]
+    )
     shutil.rmtree(root, ignore_errors=True)
     return rows
 

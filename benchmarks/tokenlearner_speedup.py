@@ -45,7 +45,9 @@ def objective(model: dict, tokenlearner: dict | None):
         "model", {"name": "vit", **model, **(tokenlearner or {})}, "model", dtype=jnp.float32
     )
     return config_lib.component(
-        "objective", {"name": "supervised", "num_classes": NUM_CLASSES}, "objective",
+        "objective",
+        {"name": "supervised", "num_classes": NUM_CLASSES},
+        "objective",
         encoder=encoder,
     )
 
@@ -62,13 +64,15 @@ def measure(model: dict, clip, batch_size: int, tokenlearner: dict, rounds: int,
             times[name].append(timing["step_s"])
     rows = []
     for name, obj in variants.items():
-        rows.append({
-            "variant": name,
-            "tokens": _tokens_after(obj.encoder, clip),
-            "flops": flops.model_flops(obj, batch, clip),
-            "step_s": float(np.median(times[name])),
-            "times": times[name],
-        })
+        rows.append(
+            {
+                "variant": name,
+                "tokens": _tokens_after(obj.encoder, clip),
+                "flops": flops.model_flops(obj, batch, clip),
+                "step_s": float(np.median(times[name])),
+                "times": times[name],
+            }
+        )
     return rows
 
 
@@ -88,8 +92,10 @@ def main(argv):
         model, clip = dict(TINY["model"]), TINY["clip"]
     depth = config_lib.component("model", {"name": "vit", **model}, "model").dims[1]
     tokenlearner = dict(
-        tokenlearner_layer=depth // 2, tokenlearner_tokens=_TOKENS.value,
-        tokenlearner_version=_VERSION.value, tokenfuser=_FUSER.value,
+        tokenlearner_layer=depth // 2,
+        tokenlearner_tokens=_TOKENS.value,
+        tokenlearner_version=_VERSION.value,
+        tokenfuser=_FUSER.value,
     )
     # Rounds after the first load each compiled step from this cache instead of recompiling.
     with tempfile.TemporaryDirectory() as cache:
@@ -105,20 +111,22 @@ def main(argv):
         for r in rows
     ]
     name = "x".join(map(str, clip))
-    text = "\n".join([
-        f"Supervised step, ViT-{model.get('size', 'tiny')} "
-        f"{'(tiny) ' if _TINY.value else ''}batch {_BATCH.value}, {name} clips, float32; "
-        f"TokenLearner v{_VERSION.value} after block {depth // 2} of {depth}, {_TOKENS.value} "
-        f"tokens per frame{', TokenFuser' if _FUSER.value else ''}. {common.machine()}",
-        "",
-        common.markdown_table(
-            ["variant", "tokens in last block", "GFLOP/step", "step (ms)"], body
-        ),
-        "",
-        f"Analytic FLOP ratio {flop_ratio:.2f}x; measured speedup {speedup:.2f}x (rounds: "
-        f"{', '.join(f'{x:.2f}' for x in per_round)}) = {speedup / flop_ratio:.2f} of the FLOP "
-        f"ratio (goal >= {GOAL}): {'met' if speedup >= GOAL * flop_ratio else 'NOT met'}.",
-    ])
+    text = "\n".join(
+        [
+            f"Supervised step, ViT-{model.get('size', 'tiny')} "
+            f"{'(tiny) ' if _TINY.value else ''}batch {_BATCH.value}, {name} clips, float32; "
+            f"TokenLearner v{_VERSION.value} after block {depth // 2} of {depth}, {_TOKENS.value} "
+            f"tokens per frame{', TokenFuser' if _FUSER.value else ''}. {common.machine()}",
+            "",
+            common.markdown_table(
+                ["variant", "tokens in last block", "GFLOP/step", "step (ms)"], body
+            ),
+            "",
+            f"Analytic FLOP ratio {flop_ratio:.2f}x; measured speedup {speedup:.2f}x (rounds: "
+            f"{', '.join(f'{x:.2f}' for x in per_round)}) = {speedup / flop_ratio:.2f} of the FLOP "
+            f"ratio (goal >= {GOAL}): {'met' if speedup >= GOAL * flop_ratio else 'NOT met'}.",
+        ]
+    )
     print(text)
     if _RECORD.value:
         common.record("TokenLearner speedup (benchmarks/tokenlearner_speedup.py)", text)

@@ -55,8 +55,11 @@ NUM_CLASSES = 400
 CLIP = (16, 112, 112)
 TINY_CLIP = (4, 32, 32)
 CASES = {
-    "vit_s": dict(model={"name": "vit", "size": "S", "patch": (2, 16, 16)}, batch=8,
-                  tiny={"width": 32, "depth": 2, "heads": 2, "patch": (2, 8, 8)}),
+    "vit_s": dict(
+        model={"name": "vit", "size": "S", "patch": (2, 16, 16)},
+        batch=8,
+        tiny={"width": 32, "depth": 2, "heads": 2, "patch": (2, 8, 8)},
+    ),
     "r3d18": dict(model={"name": "r3d", "depth": 18}, batch=4, tiny={"width": 0.125}),
 }
 
@@ -131,7 +134,9 @@ class TorchR3D18(tnn.Module):
         super().__init__()
         c_in = r3d._scaled(64, width)
         self.stem = tnn.Sequential(
-            _conv(3, c_in, (5, 7, 7), (2, 2, 2)), tnn.BatchNorm3d(c_in), tnn.ReLU(),
+            _conv(3, c_in, (5, 7, 7), (2, 2, 2)),
+            tnn.BatchNorm3d(c_in),
+            tnn.ReLU(),
             tnn.MaxPool3d((1, 3, 3), (1, 2, 2), padding=(0, 1, 1)),
         )
         blocks = []
@@ -184,7 +189,9 @@ def build(name: str, tiny: bool):
     model_cfg = dict(case["model"], **(case["tiny"] if tiny else {}))
     encoder = config_lib.component("model", model_cfg, "model", dtype=jnp.float32)
     objective = config_lib.component(
-        "objective", {"name": "supervised", "num_classes": NUM_CLASSES}, "objective",
+        "objective",
+        {"name": "supervised", "num_classes": NUM_CLASSES},
+        "objective",
         encoder=encoder,
     )
     if isinstance(encoder, vit.ViT):
@@ -207,7 +214,9 @@ class VrlStep:
         rules = sharding.RULES["data"]
         tx, lr = optim.make(
             optim.OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05),
-            total_steps=1000, batch_size=len(batch["video"]), steps_per_epoch=100,
+            total_steps=1000,
+            batch_size=len(batch["video"]),
+            steps_per_epoch=100,
         )
         init_batch = {k: v[:2] for k, v in batch.items()}
         self.state, shardings = state.init_state(objective, tx, init_batch, mesh, rules, seed=0)
@@ -244,8 +253,11 @@ def measure(name: str, tiny: bool, steps: int, warmup: int = 1) -> dict:
         for side in ("vrl", "torch") if i % 2 == 0 else ("torch", "vrl"):
             times[side].append(timed(sides[side]))
         (vrl_wall, vrl_cpu), (torch_wall, torch_cpu) = times["vrl"][-1], times["torch"][-1]
-        print(f"{name} step {i + 1}/{steps}: vrl {vrl_wall:.3f} s ({vrl_cpu:.3f} s CPU), "
-              f"PyTorch {torch_wall:.3f} s ({torch_cpu:.3f} s CPU)", flush=True)
+        print(
+            f"{name} step {i + 1}/{steps}: vrl {vrl_wall:.3f} s ({vrl_cpu:.3f} s CPU), "
+            f"PyTorch {torch_wall:.3f} s ({torch_cpu:.3f} s CPU)",
+            flush=True,
+        )
     wall = {side: [w for w, _ in t] for side, t in times.items()}
     cpu = {side: [c for _, c in t] for side, t in times.items()}
     ratios = [v / t for v, t in zip(wall["vrl"], wall["torch"])]
@@ -270,28 +282,45 @@ def measure(name: str, tiny: bool, steps: int, warmup: int = 1) -> dict:
 
 
 def table(rows: list[dict], threads: int) -> str:
-    header = ["case", "batch", "clip", "vrl step (s)", "PyTorch step (s)", "vrl / PyTorch",
-              f"goal <= {GOAL}", "CPU s/step vrl / PyTorch", "parameters vrl / PyTorch",
-              "vrl compile (s)"]
+    header = [
+        "case",
+        "batch",
+        "clip",
+        "vrl step (s)",
+        "PyTorch step (s)",
+        "vrl / PyTorch",
+        f"goal <= {GOAL}",
+        "CPU s/step vrl / PyTorch",
+        "parameters vrl / PyTorch",
+        "vrl compile (s)",
+    ]
     body = [
-        [r["case"], r["batch"], r["clip"], f"{r['vrl_s']:.3f}", f"{r['torch_s']:.3f}",
-         f"**{r['ratio']:.2f}** ({r['ratio_range'][0]:.2f} to {r['ratio_range'][1]:.2f})",
-         "met" if r["ratio"] <= GOAL else "NOT met",
-         f"{r['vrl_cpu_s']:.2f} / {r['torch_cpu_s']:.2f} = {r['cpu_ratio']:.2f}",
-         f"{r['params'][0]:,} / {r['params'][1]:,}",
-         f"{r['compile_s']:.1f}"]
+        [
+            r["case"],
+            r["batch"],
+            r["clip"],
+            f"{r['vrl_s']:.3f}",
+            f"{r['torch_s']:.3f}",
+            f"**{r['ratio']:.2f}** ({r['ratio_range'][0]:.2f} to {r['ratio_range'][1]:.2f})",
+            "met" if r["ratio"] <= GOAL else "NOT met",
+            f"{r['vrl_cpu_s']:.2f} / {r['torch_cpu_s']:.2f} = {r['cpu_ratio']:.2f}",
+            f"{r['params'][0]:,} / {r['params'][1]:,}",
+            f"{r['compile_s']:.1f}",
+        ]
         for r in rows
     ]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return "\n".join([
-        f"Supervised train step (forward + backward + AdamW), float32, {NUM_CLASSES} classes, "
-        f"{threads} thread(s) each (PyTorch {torch.__version__}). Steps of the two alternate; "
-        f"step times are medians, the ratio is the median of the per-step ratios (range in "
-        f"brackets); CPU s/step counts every thread of the process. Load average at the end: "
-        f"{load}. {common.machine()}",
-        "",
-        common.markdown_table(header, body),
-    ])
+    return "\n".join(
+        [
+            f"Supervised train step (forward + backward + AdamW), float32, {NUM_CLASSES} classes, "
+            f"{threads} thread(s) each (PyTorch {torch.__version__}). Steps of the two alternate; "
+            f"step times are medians, the ratio is the median of the per-step ratios (range in "
+            f"brackets); CPU s/step counts every thread of the process. Load average at the end: "
+            f"{load}. {common.machine()}",
+            "",
+            common.markdown_table(header, body),
+        ]
+    )
 
 
 def limit_threads(threads: int) -> None:

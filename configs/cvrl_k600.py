@@ -1,7 +1,7 @@
 """CVRL on Kinetics-600 with R3D-50, as published (Qian et al., CVPR 2021).
 
     python -m vrl.main --config=configs/cvrl_k600.py --workdir=gs://bucket/cvrl_k600
-    python -m vrl.main --config=configs/cvrl_k600.py:runlocal --workdir=/tmp/cvrl   # synthetic, a minute
+    python -m vrl.main --config=configs/cvrl_k600.py:runlocal --workdir=/tmp/cvrl  # a minute
 
 Values follow the released TF Model Garden config (official/projects/video_ssl): batch 1024,
 16 frames at stride 2, 224x224, SGD momentum 0.9 with lr 0.32 and cosine decay, ~1787 warmup
@@ -28,8 +28,11 @@ def get_config(arg=None):
     args = parse_arg(arg, runlocal=False)
     c = run_config(total_epochs=200.0, log_every_steps=100, compute_dtype="bfloat16")
     c.data = data_section(
-        {"name": "tfds", "dataset": "kinetics600",
-         "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets")},
+        {
+            "name": "tfds",
+            "dataset": "kinetics600",
+            "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
+        },
         test_split="validation",
         batch_size=1024,
         train_pp="cvrl_clips(frames=16, stride=2, power=1.0)|" + CVRL_SPATIAL.format(size=224),

@@ -1,4 +1,6 @@
-"""SALT stage 1: a pixel-reconstruction teacher under V-JEPA's multi-block masks ("Rethinking JEPA", 2025).
+"""SALT stage 1: a pixel-reconstruction teacher under V-JEPA's multi-block masks.
+
+"Rethinking JEPA" (SALT), 2025.
 
     python -m vrl.main --config=configs/salt_stage1_vitl_k710.py --workdir=TEACHER_DIR
     python -m vrl.main --config=configs/salt_stage2_vitl_k710.py --workdir=STUDENT_DIR \
@@ -20,8 +22,15 @@ VJEPA = os.path.join(os.path.dirname(__file__), "vjepa_vitl_k710.py")
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="L")
     c = load_file(VJEPA, f"size={args.size}" + (",runlocal" if args.runlocal else ""))
-    c.objective = defaults("objective", "videomae", mask="vjepa", decoder_width=512,
-                           decoder_depth=4, decoder_heads=8, norm_pix_loss=True)
+    c.objective = defaults(
+        "objective",
+        "videomae",
+        mask="vjepa",
+        decoder_width=512,
+        decoder_depth=4,
+        decoder_heads=8,
+        norm_pix_loss=True,
+    )
     if args.runlocal:
         c.objective.update(decoder_width=32, decoder_depth=1, decoder_heads=2)
     return c

@@ -20,9 +20,16 @@ VJEPA = os.path.join(os.path.dirname(__file__), "vjepa_vitl_k710.py")
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="L", teacher="")
     c = load_file(VJEPA, f"size={args.size}" + (",runlocal" if args.runlocal else ""))
-    predictor = {k: c.objective[k] for k in ("predictor_width", "predictor_depth", "predictor_heads")}
+    predictor = {
+        k: c.objective[k] for k in ("predictor_width", "predictor_depth", "predictor_heads")
+    }
     c.objective = defaults(
-        "objective", "salt", teacher_checkpoint=args.teacher, num_blocks=(8, 2),
-        block_scale=(0.15, 0.7), block_aspect=(0.75, 1.5), **predictor,
+        "objective",
+        "salt",
+        teacher_checkpoint=args.teacher,
+        num_blocks=(8, 2),
+        block_scale=(0.15, 0.7),
+        block_aspect=(0.75, 1.5),
+        **predictor,
     )
     return c

@@ -22,8 +22,11 @@ def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, tokens=8, layer=6, fuser=False, version="1.1")
     c = run_config(total_epochs=30.0, log_every_steps=100, compute_dtype="bfloat16")
     c.data = data_section(
-        {"name": "tfds", "dataset": "kinetics400",
-         "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets")},
+        {
+            "name": "tfds",
+            "dataset": "kinetics400",
+            "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
+        },
         test_split="validation",
         batch_size=256,
         train_pp="uniform_clip(frames=16, stride=4)|random_resized_crop(size=224)|flip(p=0.5)",
@@ -31,16 +34,31 @@ def get_config(arg=None):
         num_workers=16,
     )
     c.model = defaults(
-        "model", "vit", size="B", patch=(2, 16, 16), drop_path=0.1,
-        tokenlearner_layer=args.layer, tokenlearner_tokens=args.tokens,
-        tokenlearner_version=args.version, tokenfuser=args.fuser,
+        "model",
+        "vit",
+        size="B",
+        patch=(2, 16, 16),
+        drop_path=0.1,
+        tokenlearner_layer=args.layer,
+        tokenlearner_tokens=args.tokens,
+        tokenlearner_version=args.version,
+        tokenfuser=args.fuser,
     )
     c.objective = defaults(
-        "objective", "supervised", num_classes=400, label_set="label", label_smoothing=0.1,
-        mixup=0.8, cutmix=1.0,
+        "objective",
+        "supervised",
+        num_classes=400,
+        label_set="label",
+        label_smoothing=0.1,
+        mixup=0.8,
+        cutmix=1.0,
     )
     c.optim.update(
-        name="adamw", lr=1e-3, lr_base_batch=512, weight_decay=0.05, warmup_epochs=2.5,
+        name="adamw",
+        lr=1e-3,
+        lr_base_batch=512,
+        weight_decay=0.05,
+        warmup_epochs=2.5,
         clip_norm=1.0,
     )
     c.ckpt.update(every_steps=2000, keep=3)

@@ -21,8 +21,11 @@ def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="B")
     c = run_config(total_epochs=800.0, log_every_steps=100, compute_dtype="bfloat16")
     c.data = data_section(
-        {"name": "tfds", "dataset": "kinetics400",
-         "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets")},
+        {
+            "name": "tfds",
+            "dataset": "kinetics400",
+            "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
+        },
         test_split="validation",
         batch_size=2048,
         train_pp="uniform_clip(frames=16, stride=4)"
@@ -33,12 +36,24 @@ def get_config(arg=None):
     width, heads = DECODER[args.size]
     c.model = defaults("model", "vit", size=args.size, patch=(2, 16, 16))
     c.objective = defaults(
-        "objective", "videomae", mask="tube", mask_ratio=0.9, decoder_width=width,
-        decoder_depth=4, decoder_heads=heads, norm_pix_loss=True,
+        "objective",
+        "videomae",
+        mask="tube",
+        mask_ratio=0.9,
+        decoder_width=width,
+        decoder_depth=4,
+        decoder_heads=heads,
+        norm_pix_loss=True,
     )
     c.optim.update(
-        name="adamw", lr=1.5e-4, lr_base_batch=256, b1=0.9, b2=0.95, weight_decay=0.05,
-        warmup_epochs=40.0, end_lr=1e-5,
+        name="adamw",
+        lr=1.5e-4,
+        lr_base_batch=256,
+        b1=0.9,
+        b2=0.95,
+        weight_decay=0.05,
+        warmup_epochs=40.0,
+        end_lr=1e-5,
     )
     c.ckpt.update(every_steps=2000, keep=3)
     if args.runlocal:

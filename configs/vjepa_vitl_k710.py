@@ -22,8 +22,11 @@ def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="L")
     c = run_config(total_steps=90_000, log_every_steps=100, compute_dtype="bfloat16")
     c.data = data_section(
-        {"name": "tfds", "dataset": "kinetics710",
-         "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets")},
+        {
+            "name": "tfds",
+            "dataset": "kinetics710",
+            "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
+        },
         test_split="validation",
         batch_size=3072,
         train_pp="uniform_clip(frames=16, stride=4)"
@@ -33,13 +36,29 @@ def get_config(arg=None):
     )
     c.model = defaults("model", "vit", size=args.size, patch=(2, 16, 16))
     c.objective = defaults(
-        "objective", "vjepa", predictor_width=384, predictor_depth=12, predictor_heads=12,
-        num_blocks=(8, 2), block_scale=(0.15, 0.7), block_aspect=(0.75, 1.5),
-        ema_start=0.998, ema_end=1.0, ema_steps=int(90_000 * 1.25),
+        "objective",
+        "vjepa",
+        predictor_width=384,
+        predictor_depth=12,
+        predictor_heads=12,
+        num_blocks=(8, 2),
+        block_scale=(0.15, 0.7),
+        block_aspect=(0.75, 1.5),
+        ema_start=0.998,
+        ema_end=1.0,
+        ema_steps=int(90_000 * 1.25),
     )
     c.optim.update(
-        name="adamw", lr=6.25e-4, warmup_init_lr=2e-4, warmup_steps=12_000, end_lr=1e-6,
-        schedule_scale=1.25, b1=0.9, b2=0.999, weight_decay=0.04, weight_decay_end=0.4,
+        name="adamw",
+        lr=6.25e-4,
+        warmup_init_lr=2e-4,
+        warmup_steps=12_000,
+        end_lr=1e-6,
+        schedule_scale=1.25,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
         clip_norm=10.0,
     )
     c.ckpt.update(every_steps=2000, keep=3)
@@ -53,7 +72,6 @@ def get_config(arg=None):
             "center_clip(frames=8, stride=2)|resize_short(size=64)|center_crop(size=64)",
         )
         c.model.update(TINY_VIT)
-        c.objective.update(predictor_width=32, predictor_depth=1, predictor_heads=2,
-                           ema_steps=None)
+        c.objective.update(predictor_width=32, predictor_depth=1, predictor_heads=2, ema_steps=None)
         c.optim.update(warmup_steps=1, lr=1e-3, warmup_init_lr=0.0)
     return c

@@ -61,8 +61,9 @@ def test_multi_view_inputs_keep_the_view_axis(encoder):
 def test_random_encoder_is_the_architecture_at_init(encoder):
     random = api.load_encoder(tiny_checkpoint(), which="random")
     assert random.which == "random"
-    jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), random.variables,
-                 encoder.variables)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_equal(a.shape, b.shape), random.variables, encoder.variables
+    )
     assert np.abs(random.embed(clips(2)) - encoder.embed(clips(2))).max() > 1e-3
 
 

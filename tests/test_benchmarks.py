@@ -24,7 +24,11 @@ def run_benchmark(name: str, *args: str) -> str:
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu")
     done = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, f"benchmarks.{name} failed:\n{done.stderr[-4000:]}"
     return done.stdout
@@ -71,8 +75,12 @@ def test_checkpointing_prints_its_table():
     out = run_benchmark("checkpointing", "--tiny", "--rounds=1")
     header, sync, async_, first, restore = table(out)
     names = [row[0] for row in (sync, async_, first, restore)]
-    assert names == ["synchronous save", "async save", "first async save of a run",
-                     "restore (strict)"]
+    assert names == [
+        "synchronous save",
+        "async save",
+        "first async save of a run",
+        "restore (strict)",
+    ]
     for row in (sync, async_, restore):
         assert float(row[header.index("MB/s")]) > 0
     # An async save cannot block for longer than it takes to finish.
@@ -86,16 +94,29 @@ def test_end_to_end_accounts_for_every_phase(tmp_path):
     header, *rows = table(out)
     assert header == ["phase", "metric", "seconds", "share"]
     recorded = {row[1]: row[2] for row in rows}
-    for metric in ("time/setup", "time/compile", "time/steps", "time/data_wait", "time/ckpt",
-                   "time/eval"):
+    for metric in (
+        "time/setup",
+        "time/compile",
+        "time/steps",
+        "time/data_wait",
+        "time/ckpt",
+        "time/eval",
+    ):
         assert float(recorded[metric]) >= 0, f"{metric} was not recorded: {recorded[metric]}"
     total = float(rows[-1][2].strip("*"))
     assert sum(float(v) for v in recorded.values() if v.replace(".", "").isdigit()) <= total + 1
 
 
 def tokenlearner_vit(layer: int | None, fuser: bool = False) -> vit.ViT:
-    return vit.ViT(width=64, depth=4, heads=2, patch=(2, 8, 8), tokenlearner_layer=layer,
-                   tokenlearner_tokens=4, tokenfuser=fuser)
+    return vit.ViT(
+        width=64,
+        depth=4,
+        heads=2,
+        patch=(2, 8, 8),
+        tokenlearner_layer=layer,
+        tokenlearner_tokens=4,
+        tokenfuser=fuser,
+    )
 
 
 def test_tokenlearner_flops_count_the_blocks_on_learned_tokens():
@@ -105,8 +126,12 @@ def test_tokenlearner_flops_count_the_blocks_on_learned_tokens():
     embed = 2 * n * 2 * 8 * 8 * 3 * width
     learner = t * flops.tokenlearner_flops("1.1", 36, width, s)
     # After 2 of 4 blocks the last two run on t * S = 16 tokens.
-    expected = (embed + 2 * flops.vit_block_flops(n, width, mlp) + learner
-                + 2 * flops.vit_block_flops(t * s, width, mlp))
+    expected = (
+        embed
+        + 2 * flops.vit_block_flops(n, width, mlp)
+        + learner
+        + 2 * flops.vit_block_flops(t * s, width, mlp)
+    )
     assert flops.tokenlearner_vit_flops(tokenlearner_vit(2), grid) == pytest.approx(expected)
     assert flops.tokenlearner_vit_flops(tokenlearner_vit(2), grid) < plain
     # Learning tokens after the last block adds the learner to the plain ViT.

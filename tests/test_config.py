@@ -43,14 +43,26 @@ def with_change(path: str, value) -> dict:
         ("totl_steps", 3, "config.totl_steps: unknown key; allowed: ckpt, compute_dtype, data,"),
         ("optim.lrr", 0.1, "config.optim.lrr: unknown key; allowed: b1, b2,"),
         ("optim.lr", "fast", "config.optim.lr: expected float, got str 'fast'"),
-        ("optim.name", "adam", "config.optim.name: 'adam' is not allowed; allowed: 'sgd', 'lars', 'adamw'"),
+        (
+            "optim.name",
+            "adam",
+            "config.optim.name: 'adam' is not allowed; allowed: 'sgd', 'lars', 'adamw'",
+        ),
         ("model.name", "r4d", "config.model.name: unknown model 'r4d'; allowed: r3d, vit"),
         ("model.depth", 19, "config.model.depth: 19 is not allowed; allowed: 18, 34, 50, 101, 152"),
         ("model.widht", 1.0, "config.model.widht: unknown key; allowed:"),
         ("objective.name", "simclr", "config.objective.name: unknown objective 'simclr'; allowed:"),
         ("objective.temperature", "hot", "config.objective.temperature: expected float, got str"),
-        ("compute_dtype", "float16", "config.compute_dtype: 'float16' is not allowed; allowed: 'float32', 'bfloat16'"),
-        ("data.source.name", "youtube", "config.data.source.name: unknown source 'youtube'; allowed:"),
+        (
+            "compute_dtype",
+            "float16",
+            "config.compute_dtype: 'float16' is not allowed; allowed: 'float32', 'bfloat16'",
+        ),
+        (
+            "data.source.name",
+            "youtube",
+            "config.data.source.name: unknown source 'youtube'; allowed:",
+        ),
         ("data.batchsize", 8, "config.data.batchsize: unknown key; allowed:"),
         ("total_epochs", 3.0, "config.total_steps / config.total_epochs: set exactly one"),
     ],
@@ -66,9 +78,15 @@ def test_setup_rejects_bad_config(path, value, message):
 @pytest.mark.parametrize(
     "pp, message",
     [
-        ("cvrl_clips(frames=4)|crop(size=3)", "config.data.train_pp: unknown transform 'crop'; allowed:"),
+        (
+            "cvrl_clips(frames=4)|crop(size=3)",
+            "config.data.train_pp: unknown transform 'crop'; allowed:",
+        ),
         ("cvrl_clips(frames=4)|flip(q=1)", "config.data.train_pp[flip].q: unknown key; allowed: p"),
-        ("flip|cvrl_clips(frames=4)", "config.data.train_pp: temporal op 'cvrl_clips' after a spatial op"),
+        (
+            "flip|cvrl_clips(frames=4)",
+            "config.data.train_pp: temporal op 'cvrl_clips' after a spatial op",
+        ),
         ("flip", "config.data.train_pp: needs a temporal op first"),
         ("cvrl_clips(frames=4)|flip(p=0.5", "op 'flip(p=0.5': cannot parse"),
     ],
@@ -97,10 +115,17 @@ def test_parse_arg():
 def test_command_line_prints_one_line_and_exits_2(tmp_path):
     result = subprocess.run(
         [
-            sys.executable, "-m", "vrl.main", "--config=configs/quickstart.py:runlocal",
-            f"--workdir={tmp_path}", "--config.model.name=r4d",
+            sys.executable,
+            "-m",
+            "vrl.main",
+            "--config=configs/quickstart.py:runlocal",
+            f"--workdir={tmp_path}",
+            "--config.model.name=r4d",
         ],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert result.returncode == 2

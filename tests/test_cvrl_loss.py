@@ -55,5 +55,5 @@ def test_sharded_loss_equals_unsharded():
     np.testing.assert_allclose(float(sharded), float(single), rtol=1e-6)
     np.testing.assert_allclose(float(sharded), numpy_nt_xent(z1, z2, 0.1), rtol=1e-5)
     # A per-device loss (negatives from the local shard only) would differ:
-    local = np.mean([numpy_nt_xent(z1[i:i + 2], z2[i:i + 2], 0.1) for i in range(0, 16, 2)])
+    local = np.mean([numpy_nt_xent(z1[i : i + 2], z2[i : i + 2], 0.1) for i in range(0, 16, 2)])
     assert abs(local - float(sharded)) > 1e-3

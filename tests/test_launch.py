@@ -17,15 +17,23 @@ import pytest
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 SCRIPTS = ["launch/local.sh", "launch/tpu_pod.sh", "launch/gpu_slurm.sbatch"]
-TRAIN_ARGS = ["--config=configs/cvrl_k600.py", "--workdir=gs://bucket/runs/cvrl",
-              "--config.data.train_pp=uniform_clip(frames=16)|flip"]
+TRAIN_ARGS = [
+    "--config=configs/cvrl_k600.py",
+    "--workdir=gs://bucket/runs/cvrl",
+    "--config.data.train_pp=uniform_clip(frames=16)|flip",
+]
 
 
 def run_script(args, env=None, timeout=30, **kwargs):
     full_env = {**os.environ, "TMPDIR": "/tmp", "PYTHON": "python", **(env or {})}
     return subprocess.run(
-        ["bash", *args], cwd=REPO, env=full_env, capture_output=True, text=True,
-        timeout=timeout, **kwargs,
+        ["bash", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 
@@ -50,8 +58,9 @@ def executable(path, text: str) -> str:
 
 
 def test_local_dry_run_prints_one_command_per_process():
-    out = run_script(["launch/local.sh", "--dry_run", "--port=12345", "--cpu_devices=4", "2",
-                      "--", *TRAIN_ARGS])
+    out = run_script(
+        ["launch/local.sh", "--dry_run", "--port=12345", "--cpu_devices=4", "2", "--", *TRAIN_ARGS]
+    )
     assert out.returncode == 0, out.stderr
     check_golden("local_dry_run.txt", out.stdout)
 
@@ -65,9 +74,11 @@ def test_local_picks_a_free_port_shared_by_all_processes():
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--", "--workdir=/x"], "give the number of processes"),
-     (["2", "--bogus", "--"], "unknown argument '--bogus'"),
-     (["--cpu_devices=four", "2", "--"], "'four' is not a positive integer")],
+    [
+        (["--", "--workdir=/x"], "give the number of processes"),
+        (["2", "--bogus", "--"], "unknown argument '--bogus'"),
+        (["--cpu_devices=four", "2", "--"], "'four' is not a positive integer"),
+    ],
 )
 def test_local_rejects_bad_arguments(args, message):
     out = run_script(["launch/local.sh", *args])
@@ -89,8 +100,10 @@ esac
 
 def test_local_prefixes_logs_and_exits_with_the_worst_code(tmp_path):
     python = executable(tmp_path / "python", FAKE_PYTHON)
-    out = run_script(["launch/local.sh", "--port=1", "--cpu_devices=2", "3", "--", "--x=1"],
-                     env={"PYTHON": python, "MODE": "codes"})
+    out = run_script(
+        ["launch/local.sh", "--port=1", "--cpu_devices=2", "3", "--", "--x=1"],
+        env={"PYTHON": python, "MODE": "codes"},
+    )
     assert out.returncode == 5  # codes 3, 4, 5
     for i in range(3):
         assert f"[p{i}] process {i} platforms=cpu" in out.stdout.splitlines()
@@ -99,8 +112,10 @@ def test_local_prefixes_logs_and_exits_with_the_worst_code(tmp_path):
 def test_local_stops_the_others_after_a_failure(tmp_path):
     python = executable(tmp_path / "python", FAKE_PYTHON)
     start = time.monotonic()
-    out = run_script(["launch/local.sh", "--port=1", "--grace_s=1", "2", "--"],
-                     env={"PYTHON": python, "MODE": "hang"})
+    out = run_script(
+        ["launch/local.sh", "--port=1", "--grace_s=1", "2", "--"],
+        env={"PYTHON": python, "MODE": "hang"},
+    )
     assert time.monotonic() - start < 20
     assert out.returncode == 137  # the hanging process was killed; 137 > 5
     assert "exited with code 5" in out.stderr
@@ -109,8 +124,13 @@ def test_local_stops_the_others_after_a_failure(tmp_path):
 def test_local_forwards_sigterm_to_every_process(tmp_path):
     python = executable(tmp_path / "python", FAKE_PYTHON)
     env = {**os.environ, "PYTHON": python, "MODE": "term"}
-    proc = subprocess.Popen(["bash", "launch/local.sh", "--port=1", "2", "--"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["bash", "launch/local.sh", "--port=1", "2", "--"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     ready = 0
     for line in proc.stdout:
         ready += line.strip().endswith("ready")
@@ -126,23 +146,54 @@ def test_local_forwards_sigterm_to_every_process(tmp_path):
 
 
 def test_tpu_pod_dry_run_single_slice():
-    out = run_script(["launch/tpu_pod.sh", "--name=vrl-cvrl", "--zone=us-east5-a",
-                      "--accelerator=v5p-32", "--dry_run", "--", *TRAIN_ARGS])
+    out = run_script(
+        [
+            "launch/tpu_pod.sh",
+            "--name=vrl-cvrl",
+            "--zone=us-east5-a",
+            "--accelerator=v5p-32",
+            "--dry_run",
+            "--",
+            *TRAIN_ARGS,
+        ]
+    )
     assert out.returncode == 0, out.stderr
     check_golden("tpu_pod_dry_run.txt", out.stdout)
 
 
 def test_tpu_pod_dry_run_queued_multislice():
-    out = run_script(["launch/tpu_pod.sh", "--name=vrl-ms", "--zone=us-east5-a",
-                      "--accelerator=v6e-64", "--num_slices=2", "--spot", "--project=my-proj",
-                      "--dry_run", "--", *TRAIN_ARGS, "--config.mesh.dcn_data=2"])
+    out = run_script(
+        [
+            "launch/tpu_pod.sh",
+            "--name=vrl-ms",
+            "--zone=us-east5-a",
+            "--accelerator=v6e-64",
+            "--num_slices=2",
+            "--spot",
+            "--project=my-proj",
+            "--dry_run",
+            "--",
+            *TRAIN_ARGS,
+            "--config.mesh.dcn_data=2",
+        ]
+    )
     assert out.returncode == 0, out.stderr
     check_golden("tpu_pod_multislice_dry_run.txt", out.stdout)
 
 
 def test_tpu_pod_existing_and_kept_vm_is_neither_created_nor_deleted():
-    out = run_script(["launch/tpu_pod.sh", "--name=v", "--zone=z", "--accelerator=v4-8",
-                      "--existing", "--dry_run", "--", "--workdir=gs://b"])
+    out = run_script(
+        [
+            "launch/tpu_pod.sh",
+            "--name=v",
+            "--zone=z",
+            "--accelerator=v4-8",
+            "--existing",
+            "--dry_run",
+            "--",
+            "--workdir=gs://b",
+        ]
+    )
     assert out.returncode == 0, out.stderr
     assert "create" not in out.stdout and "delete" not in out.stdout
     assert "tpu-vm ssh v --worker=all --zone=z" in out.stdout
@@ -179,16 +230,24 @@ def slurm_env(tmp_path, gpus: int) -> dict:
     bin_dir.mkdir(exist_ok=True)
     executable(bin_dir / "scontrol", FAKE_SCONTROL)
     executable(bin_dir / "srun", FAKE_SRUN)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-            "SLURM_JOB_NODELIST": "gpu-a[01-02]", "SLURM_JOB_NUM_NODES": "2",
-            "SLURM_GPUS_ON_NODE": str(gpus), "SLURM_CPUS_ON_NODE": "96", "SLURM_SUBMIT_DIR": REPO}
+    return {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "gpu-a[01-02]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_GPUS_ON_NODE": str(gpus),
+        "SLURM_CPUS_ON_NODE": "96",
+        "SLURM_SUBMIT_DIR": REPO,
+    }
 
 
 @pytest.mark.parametrize("layout", ["per_gpu", "per_node"])
 def test_gpu_slurm_dry_run(tmp_path, layout):
     flags = ["--per_node"] if layout == "per_node" else []
-    out = run_script(["launch/gpu_slurm.sbatch", *flags, "--dry_run", "--", *TRAIN_ARGS],
-                     env=slurm_env(tmp_path, gpus=8))
+    out = run_script(
+        ["launch/gpu_slurm.sbatch", *flags, "--dry_run", "--", *TRAIN_ARGS],
+        env=slurm_env(tmp_path, gpus=8),
+    )
     assert out.returncode == 0, out.stderr
     check_golden(f"gpu_slurm_{layout}_dry_run.txt", out.stdout)
 
@@ -223,6 +282,7 @@ def test_gpu_slurm_outside_a_job_says_how_to_submit():
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_shellcheck_is_clean(script):
-    out = subprocess.run(["shellcheck", "--shell=bash", script], cwd=REPO, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["shellcheck", "--shell=bash", script], cwd=REPO, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout

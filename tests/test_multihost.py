@@ -39,12 +39,28 @@ def launch(workdir: str, processes: int, devices: int, *flags: str) -> subproces
     """The same config through launch/local.sh: `processes` x `devices` CPU devices."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
     env["PYTHON"] = sys.executable
-    args = [f"--config={CONFIG}:runlocal", f"--workdir={workdir}", "--config.evals={}",
-            *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *flags]
+    args = [
+        f"--config={CONFIG}:runlocal",
+        f"--workdir={workdir}",
+        "--config.evals={}",
+        *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+        *flags,
+    ]
     out = subprocess.run(
-        ["bash", "launch/local.sh", f"--cpu_devices={devices}", "--grace_s=10", str(processes),
-         "--", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        [
+            "bash",
+            "launch/local.sh",
+            f"--cpu_devices={devices}",
+            "--grace_s=10",
+            str(processes),
+            "--",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     return out
@@ -98,15 +114,15 @@ def test_two_processes_follow_one_process_and_resume_on_one(one_process_run, tmp
     lines = out.stdout.splitlines()
     for i in range(2):
         assert any(line.startswith(f"[p{i}] ") and f"Process {i} of 2" in line for line in lines)
-    assert any("dcn_data=2 over 8 cpu devices in 2 process(es), 4 local" in line
-               for line in lines)
+    assert any("dcn_data=2 over 8 cpu devices in 2 process(es), 4 local" in line for line in lines)
 
     reference = losses(one_process_run)
     assert sorted(reference) == list(range(1, STEPS + 1))
     two_losses = losses(two)  # written by process 0 only, once per step
     assert sorted(two_losses) == sorted(reference)
-    np.testing.assert_allclose([two_losses[s] for s in reference], list(reference.values()),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [two_losses[s] for s in reference], list(reference.values()), rtol=1e-5
+    )
     assert ckpt_lib.manager(two, read_only=True).all_steps() == list(range(1, STEPS + 1))
     data_dir = os.path.join(ckpt_lib.directory(two), str(STEPS), ckpt_lib.DATA)
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
@@ -152,12 +168,26 @@ def test_multi_process_environments_are_detected(environ, expected):
 
 
 def test_distributed_without_a_coordinator_says_what_to_pass(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_WORKER"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_WORKER"))
+    }
     out = subprocess.run(
-        [sys.executable, "-m", "vrl.main", f"--config={CONFIG}:runlocal",
-         f"--workdir={tmp_path}", "--distributed=yes", "--cpu_devices=2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "vrl.main",
+            f"--config={CONFIG}:runlocal",
+            f"--workdir={tmp_path}",
+            "--distributed=yes",
+            "--cpu_devices=2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode != 0
     assert "Pass --coordinator_address, --num_processes and --process_id" in out.stderr

@@ -1,4 +1,4 @@
-"""Masked objectives: targets, EMA maths, learning on synthetic data, SALT through real checkpoints."""
+"""Masked objectives: targets, EMA maths, learning on synthetic data, SALT via real checkpoints."""
 
 import json
 import os

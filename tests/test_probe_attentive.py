@@ -39,8 +39,14 @@ def test_separable_tokens_reach_full_accuracy_and_every_probe_is_reported():
 
 def test_grid_is_lrs_times_weight_decays():
     probe = attentive_probe(lrs=(1e-3, 1e-4), weight_decays=(0.0, 0.1, 0.4))
-    assert probe.grid == [(1e-3, 0.0), (1e-3, 0.1), (1e-3, 0.4), (1e-4, 0.0), (1e-4, 0.1),
-                          (1e-4, 0.4)]
+    assert probe.grid == [
+        (1e-3, 0.0),
+        (1e-3, 0.1),
+        (1e-3, 0.4),
+        (1e-4, 0.0),
+        (1e-4, 0.1),
+        (1e-4, 0.4),
+    ]
 
 
 def test_segments_are_concatenated_and_spatial_views_kept():

@@ -30,15 +30,32 @@ def tiny_run_config(total_steps: int = 2) -> dict:
             "test_pp": TEST_PP,
             "num_workers": 0,
         },
-        "model": {"name": "vit", "size": "Ti", "width": 32, "depth": 1, "heads": 2,
-                  "patch": (2, 8, 8)},
-        "objective": {"name": "videomae", "mask_ratio": 0.5, "decoder_width": 16,
-                      "decoder_depth": 1, "decoder_heads": 2},
+        "model": {
+            "name": "vit",
+            "size": "Ti",
+            "width": 32,
+            "depth": 1,
+            "heads": 2,
+            "patch": (2, 8, 8),
+        },
+        "objective": {
+            "name": "videomae",
+            "mask_ratio": 0.5,
+            "decoder_width": 16,
+            "decoder_depth": 1,
+            "decoder_heads": 2,
+        },
         "optim": {"name": "adamw", "lr": 1e-2},
         "ckpt": {"every_steps": total_steps, "keep": 1},
         # Run at the end of training, as config.evals of any run are.
-        "evals": {"end_knn": {"probe": {"name": "knn", "k": 3}, "encoders": ("pretrained",),
-                              "label_sets": ("appearance",), "plots": False}},
+        "evals": {
+            "end_knn": {
+                "probe": {"name": "knn", "k": 3},
+                "encoders": ("pretrained",),
+                "label_sets": ("appearance",),
+                "plots": False,
+            }
+        },
     }
 
 

@@ -13,9 +13,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def probe_cli(config: str, workdir: str, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vrl.probe", f"--config={config}",
-         f"--config.checkpoint={workdir}", "--config.label_sets=('motion',)", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "vrl.probe",
+            f"--config={config}",
+            f"--config.checkpoint={workdir}",
+            "--config.label_sets=('motion',)",
+            *overrides,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"},
     )
 
@@ -24,10 +34,20 @@ def probe_cli(config: str, workdir: str, *overrides: str) -> subprocess.Complete
     "kind,overrides,encoders",
     [
         ("linear", ["--config.probe.epochs=10"], ("pretrained", "random")),
-        ("knn", ["--config.encoders=('pretrained',)", "--config.test_views=(2, 1)"],
-         ("pretrained",)),
-        ("attentive", ["--config.probe.epochs=2", "--config.probe.lrs=(1e-3, 1e-2)",
-                       "--config.probe.weight_decays=(0.01,)"], ("pretrained",)),
+        (
+            "knn",
+            ["--config.encoders=('pretrained',)", "--config.test_views=(2, 1)"],
+            ("pretrained",),
+        ),
+        (
+            "attentive",
+            [
+                "--config.probe.epochs=2",
+                "--config.probe.lrs=(1e-3, 1e-2)",
+                "--config.probe.weight_decays=(0.01,)",
+            ],
+            ("pretrained",),
+        ),
     ],
 )
 def test_cli_runs_each_kind(tmp_path, kind, overrides, encoders):

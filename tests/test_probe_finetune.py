@@ -62,10 +62,20 @@ def test_cli_fine_tunes_from_the_checkpoint_with_multi_view_testing(tmp_path):
     the run started from the checkpoint. Evaluated every 2 steps and on 2 clips x 3 crops."""
     workdir = fresh_copy(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "vrl.probe", "--config=configs/probe/finetune.py:runlocal",
-         f"--config.checkpoint={workdir}", "--config.label_sets=('motion',)",
-         "--config.probe.lr=0.0", "--config.test_views=(2, 3)"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "vrl.probe",
+            "--config=configs/probe/finetune.py:runlocal",
+            f"--config.checkpoint={workdir}",
+            "--config.label_sets=('motion',)",
+            "--config.probe.lr=0.0",
+            "--config.test_views=(2, 3)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -31,7 +31,9 @@ def supervised(model=None, opt="sgd", lr=0.5, eps=1e-8):
     objective = base.build(config)
     tx, schedule = optim.make(
         optim.OptimConfig(name=opt, lr=lr, schedule="constant", momentum=0.9, eps=eps),
-        total_steps=10, batch_size=32, steps_per_epoch=10,
+        total_steps=10,
+        batch_size=32,
+        steps_per_epoch=10,
     )
     return objective, tx, schedule
 
@@ -84,12 +86,23 @@ CHECKED = {
 }
 EXPECTED = {
     "data": dict(query=P(), out=P(), fc1=P(), fc2=P(), logits=P()),
-    "fsdp": dict(query=P("fsdp"), out=P(None, None, "fsdp"), fc1=P("fsdp"), fc2=P(None, "fsdp"),
-                 logits=P("fsdp")),
-    "tensor": dict(query=P(None, "model"), out=P("model"), fc1=P(None, "model"), fc2=P("model"),
-                   logits=P()),
-    "fsdp_tensor": dict(query=P("fsdp", "model"), out=P("model", None, "fsdp"),
-                        fc1=P("fsdp", "model"), fc2=P("model", "fsdp"), logits=P("fsdp")),
+    "fsdp": dict(
+        query=P("fsdp"),
+        out=P(None, None, "fsdp"),
+        fc1=P("fsdp"),
+        fc2=P(None, "fsdp"),
+        logits=P("fsdp"),
+    ),
+    "tensor": dict(
+        query=P(None, "model"), out=P("model"), fc1=P(None, "model"), fc2=P("model"), logits=P()
+    ),
+    "fsdp_tensor": dict(
+        query=P("fsdp", "model"),
+        out=P("model", None, "fsdp"),
+        fc1=P("fsdp", "model"),
+        fc2=P("model", "fsdp"),
+        logits=P("fsdp"),
+    ),
 }
 
 
@@ -116,8 +129,11 @@ def test_preset_lays_out_parameters_and_optimizer_state_on_a_4x2_mesh(preset, pr
         assert array.sharding.spec == EXPECTED[preset][name], (preset, name)
         assert array.sharding.mesh.shape == {"data": 1, "fsdp": 4, "model": 2}
     # Adam's moments follow their parameters.
-    moments = [x for p, x in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
-               if "'block0']['mlp']['fc1']['kernel']" in jax.tree_util.keystr(p)]
+    moments = [
+        x
+        for p, x in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+        if "'block0']['mlp']['fc1']['kernel']" in jax.tree_util.keystr(p)
+    ]
     assert len(moments) == 2
     assert all(m.sharding.spec == EXPECTED[preset]["fc1"] for m in moments)
     mesh = state.step.sharding.mesh
@@ -144,10 +160,12 @@ def test_dimensions_that_do_not_divide_the_mesh_stay_whole(caplog):
     logged = "\n".join(m for m in caplog.messages if "keep a dimension" in m)
     assert "['query']['kernel'] (96, 3, 32) P('fsdp', 'model') -> P('fsdp',)" in logged
     assert "fc1" not in logged  # nothing to report where everything divides
-    assert leaf(state.params, "encoder", "block0", "attention", "query", "kernel").sharding.spec \
-        == P("fsdp")  # heads (3) replicated, embed (96) still split
-    assert leaf(state.params, "encoder", "block0", "mlp", "fc1", "kernel").sharding.spec \
-        == P("fsdp", "model")
+    assert leaf(
+        state.params, "encoder", "block0", "attention", "query", "kernel"
+    ).sharding.spec == P("fsdp")  # heads (3) replicated, embed (96) still split
+    assert leaf(state.params, "encoder", "block0", "mlp", "fc1", "kernel").sharding.spec == P(
+        "fsdp", "model"
+    )
     # The R3D layout from its abstract parameters only (compiling its init is slow on CPU).
     objective, _, _ = supervised(model={"name": "r3d", "depth": 18, "width": 0.094})
     abstract, _ = jax.eval_shape(objective.init, jax.random.key(0), clips(2))
@@ -157,8 +175,9 @@ def test_dimensions_that_do_not_divide_the_mesh_stay_whole(caplog):
     assert stem.shape[-1] == 6 and leaf(shardings, "encoder", "stem", "kernel").spec == P()
     res5 = leaf(abstract, "encoder", "res5_block0", "conv1", "kernel").value
     assert res5.shape[-1] == 48
-    assert leaf(shardings, "encoder", "res5_block0", "conv1", "kernel").spec \
-        == P(None, None, None, None, "fsdp")
+    assert leaf(shardings, "encoder", "res5_block0", "conv1", "kernel").spec == P(
+        None, None, None, None, "fsdp"
+    )
 
 
 def test_fit_spec_keeps_the_longest_dividing_prefix():
@@ -183,8 +202,13 @@ def runlocal_models():
         for arg in args:
             s = train.setup(config_lib.load_file(path, arg))
             clip = train.clip_spec(pipeline.ExampleMaker(s.train_source, s.train_ops))
-            data = pipeline.train_dataset(s.data, seed=0, process_index=0, process_count=1,
-                                          extra_ops=s.objective.batch_ops(clip))
+            data = pipeline.train_dataset(
+                s.data,
+                seed=0,
+                process_index=0,
+                process_count=1,
+                extra_ops=s.objective.batch_ops(clip),
+            )
             device, _ = pipeline.split_host_keys(next(iter(data)))
             batch = {k: np.asarray(v[:2]) for k, v in device.items()}
             out.append((f"{os.path.basename(path)}:{arg}", s.objective, batch))
@@ -213,10 +237,13 @@ def test_every_parameter_and_activation_of_every_model_is_covered(monkeypatch):
     mesh, rules = mesh_of(fsdp=8, rules="fsdp")
     models = runlocal_models()
     pooler = heads.AttentivePooler(num_queries=1, heads=2)
-    pooler_params = jax.eval_shape(lambda r: pooler.init(r, np.zeros((2, 8, 64), np.float32)),
-                                   jax.random.key(0))
-    abstract_trees = [(n, jax.eval_shape(lambda r, o=o, b=b: o.init(r, b), jax.random.key(0)))
-                      for n, o, b in models]
+    pooler_params = jax.eval_shape(
+        lambda r: pooler.init(r, np.zeros((2, 8, 64), np.float32)), jax.random.key(0)
+    )
+    abstract_trees = [
+        (n, jax.eval_shape(lambda r, o=o, b=b: o.init(r, b), jax.random.key(0)))
+        for n, o, b in models
+    ]
     abstract_trees.append(("attentive_pooler", (pooler_params["params"], {})))
     assert len(abstract_trees) >= 7
     for name, (params, extra) in abstract_trees:
@@ -227,7 +254,8 @@ def test_every_parameter_and_activation_of_every_model_is_covered(monkeypatch):
         unboxed_extra = {
             jax.tree_util.keystr(p).split("]")[0]
             for p, x in jax.tree_util.tree_flatten_with_path(
-                extra, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+                extra, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+            )[0]
             if not isinstance(x, nn.Partitioned)
         }
         assert unboxed_extra <= {"['batch_stats'"}, (name, unboxed_extra)  # EMA/teacher boxed
@@ -304,8 +332,9 @@ def test_four_micro_batches_equal_one_four_times_larger_step():
     for a, b in zip(jax.tree.leaves(micro), jax.tree.leaves(big)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     start = jax.device_get(state.params)
-    moved = sum(float(np.abs(a - b).sum()) for a, b in zip(jax.tree.leaves(big),
-                                                           jax.tree.leaves(start)))
+    moved = sum(
+        float(np.abs(a - b).sum()) for a, b in zip(jax.tree.leaves(big), jax.tree.leaves(start))
+    )
     assert moved > 0  # the step did update the parameters
 
 
@@ -332,11 +361,17 @@ def test_remat_policies_give_the_same_loss_and_gradients():
 def test_a_batch_that_does_not_divide_the_data_parallel_size_is_an_error():
     mesh, _ = mesh_of(data=2, fsdp=4)
     assert sharding.batch_size_per_process(16, mesh) == 16
-    with pytest.raises(sharding.MeshError, match=r"batch_size=12 must be a multiple of the "
-                       r"data-parallel size 8 \(mesh data=2 x fsdp=4\)"):
+    with pytest.raises(
+        sharding.MeshError,
+        match=r"batch_size=12 must be a multiple of the "
+        r"data-parallel size 8 \(mesh data=2 x fsdp=4\)",
+    ):
         sharding.batch_size_per_process(12, mesh)
-    with pytest.raises(sharding.MeshError, match=r"grad_accum_steps=4: each micro-batch of "
-                       r"config.data.batch_size=16 .* multiple of 32"):
+    with pytest.raises(
+        sharding.MeshError,
+        match=r"grad_accum_steps=4: each micro-batch of "
+        r"config.data.batch_size=16 .* multiple of 32",
+    ):
         sharding.batch_size_per_process(16, mesh, grad_accum_steps=4)
 
 
@@ -350,8 +385,9 @@ def test_mesh_sizes_are_checked():
 
 
 def test_dcn_groups_are_blocks_of_consecutive_processes():
-    devices = [types.SimpleNamespace(id=10 * p + i, process_index=p) for p in range(4)
-               for i in range(2)]
+    devices = [
+        types.SimpleNamespace(id=10 * p + i, process_index=p) for p in range(4) for i in range(2)
+    ]
     groups = sharding.process_groups(devices[::-1], 2)
     assert [[d.id for d in g] for g in groups] == [[0, 1, 10, 11], [20, 21, 30, 31]]
     with pytest.raises(sharding.MeshError, match="dcn_data=3 must divide the number of processes"):

@@ -1,9 +1,9 @@
 """Encoders for scripts and notebooks: load one from a run directory and embed videos.
 
-    enc = load_encoder("runs/quickstart")
-    clip_vectors = enc.embed(video_uint8)      # [B, T, H, W, 3] -> [B, D]
-    tokens = enc.tokens(video_uint8)           # [B, T, H, W, 3] -> [B, N, D]
-    feats, labels = extract_features(enc, {"source": {"name": "synthetic"}}, "test")
+enc = load_encoder("runs/quickstart")
+clip_vectors = enc.embed(video_uint8)      # [B, T, H, W, 3] -> [B, D]
+tokens = enc.tokens(video_uint8)           # [B, T, H, W, 3] -> [B, N, D]
+feats, labels = extract_features(enc, {"source": {"name": "synthetic"}}, "test")
 """
 
 import dataclasses

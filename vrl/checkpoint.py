@@ -97,7 +97,10 @@ def clear_incomplete(workdir: str) -> list[str]:
             os.rename(path, aside)
             logging.warning(
                 "Checkpoint step %s is incomplete (no %s): not restored; moved %s to %s.",
-                name, COMMIT_MARKER, path, aside,
+                name,
+                COMMIT_MARKER,
+                path,
+                aside,
             )
         else:
             continue
@@ -178,7 +181,9 @@ def save(mngr, step: int, state, iterator, meta: dict, force: bool = False) -> b
 
 def restore_data(mngr, step: int, iterator) -> None:
     """Moves `iterator` to where it was when step `step` was saved."""
-    mngr.restore(step, args=ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(iterator)}))
+    mngr.restore(
+        step, args=ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(iterator)})
+    )
 
 
 def restore_state(mngr, step: int, abstract_state):
@@ -210,14 +215,18 @@ def resolve_step(mngr, step: int | None, workdir: str) -> int:
     for skipped in sorted(set(listed) - set(steps)):
         logging.warning(
             "Checkpoint step %d in %s is incomplete (no %s); not used.",
-            skipped, directory(workdir), COMMIT_MARKER,
+            skipped,
+            directory(workdir),
+            COMMIT_MARKER,
         )
     if not steps:
         raise CheckpointError(f"no checkpoint in {directory(workdir)}")
     if step is None:
         return max(steps)
     if step not in steps:
-        raise CheckpointError(f"no step {step} in {directory(workdir)}; saved steps: {sorted(steps)}")
+        raise CheckpointError(
+            f"no step {step} in {directory(workdir)}; saved steps: {sorted(steps)}"
+        )
     return step
 
 
@@ -229,7 +238,7 @@ def tree_metadata(mngr, step: int):
 
 
 def restore_partial(workdir: str, step: int, target: dict):
-    """Strictly restores some top-level entries of the train state, e.g. {"params": ..., "extra": ...}.
+    """Strictly restores some top-level entries of the train state (e.g. "params", "extra").
 
     `target` maps entries to abstract trees (ShapeDtypeStructs with shardings, or arrays); the
     optimizer state is never read. Every entry must match the saved one leaf for leaf.
@@ -239,7 +248,8 @@ def restore_partial(workdir: str, step: int, target: dict):
     for key, abstract in target.items():
         if key not in saved:
             raise CheckpointError(
-                f"checkpoint step {step} in {directory(workdir)} has no {key!r}; has: {', '.join(saved)}"
+                f"checkpoint step {step} in {directory(workdir)} has no {key!r}; "
+                f"has: {', '.join(saved)}"
             )
         check_matches(saved[key], abstract, f"{key} at step {step} of {directory(workdir)}")
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
@@ -264,16 +274,24 @@ def check_matches(saved, expected, what: str) -> None:
         problems.append(f"unexpected {path} {saved_leaves[path]}")
     for path in sorted(saved_leaves.keys() & expected_leaves.keys()):
         if saved_leaves[path] != expected_leaves[path]:
-            problems.append(f"shape {path}: saved {saved_leaves[path]}, expected {expected_leaves[path]}")
+            problems.append(
+                f"shape {path}: saved {saved_leaves[path]}, expected {expected_leaves[path]}"
+            )
     if problems:
-        shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise CheckpointError(f"{what} does not match the model ({len(problems)} differences): {shown}")
+        shown = "; ".join(problems[:20]) + (
+            f"; ... {len(problems) - 20} more" if len(problems) > 20 else ""
+        )
+        raise CheckpointError(
+            f"{what} does not match the model ({len(problems)} differences): {shown}"
+        )
 
 
 def _shapes(tree) -> dict[str, tuple]:
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+        name = "/".join(
+            str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path
+        )
         out[name] = tuple(getattr(leaf, "shape", ()))
     return out
 

@@ -7,8 +7,8 @@ is allowed, raised before any array exists.
 """
 
 import dataclasses
-import os
 import inspect
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +70,9 @@ def instantiate(target: Callable, cfg: Mapping | None, path: str, **fixed: Any) 
             raise ConfigError(f"{path}.{key}: unknown key; allowed: {allowed}")
         cfg[key] = check_type(value, params[key][0], f"{path}.{key}")
     missing = [
-        k for k, (_, d) in params.items() if d is inspect.Parameter.empty and k not in cfg and k not in fixed
+        k
+        for k, (_, d) in params.items()
+        if d is inspect.Parameter.empty and k not in cfg and k not in fixed
     ]
     if missing:
         raise ConfigError(f"{path}.{missing[0]}: required key is missing")
@@ -115,7 +117,9 @@ def check_type(value: Any, annotation: Any, path: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
-            return tuple(check_type(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(
+                check_type(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args))
+            )
         item = args[0] if args else Any
         return tuple(check_type(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping) or annotation in (dict, Mapping):
@@ -205,7 +209,9 @@ def section(target: Callable, exclude: tuple[str, ...] = (), **values: Any):
         else:
             out[key] = default
     if values:
-        raise ConfigError(f"unknown keys {sorted(values)} for {getattr(target, '__name__', target)}")
+        raise ConfigError(
+            f"unknown keys {sorted(values)} for {getattr(target, '__name__', target)}"
+        )
     return out
 
 
@@ -253,7 +259,9 @@ def data_section(source: dict, **values: Any):
     from vrl.data import pipeline  # noqa: PLC0415
 
     source = dict(source)
-    return section(pipeline.DataConfig, source=defaults("source", source.pop("name"), **source), **values)
+    return section(
+        pipeline.DataConfig, source=defaults("source", source.pop("name"), **source), **values
+    )
 
 
 def runlocal_data(train_pp: str, test_pp: str, batch_size: int = 8, size: int = 64):

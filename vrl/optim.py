@@ -54,7 +54,10 @@ def learning_rate(cfg: OptimConfig, total_steps: int, batch_size: int, steps_per
             cfg.warmup_init_lr, peak, warmup, horizon, end_value=cfg.end_lr
         )
     return optax.join_schedules(
-        [optax.linear_schedule(cfg.warmup_init_lr, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+        [
+            optax.linear_schedule(cfg.warmup_init_lr, peak, max(warmup, 1)),
+            optax.constant_schedule(peak),
+        ],
         [warmup],
     )
 
@@ -97,7 +100,10 @@ def make(
     steps_per_epoch: int,
     layer_ids: Callable | None = None,
 ) -> tuple[optax.GradientTransformation, Callable]:
-    """(optimizer, learning-rate schedule). `layer_ids(params) -> (tree of ints, L)` enables layer decay."""
+    """(optimizer, learning-rate schedule).
+
+    `layer_ids(params) -> (tree of ints, L)` enables layer-wise lr decay.
+    """
     lr = learning_rate(cfg, total_steps, batch_size, steps_per_epoch)
     wd = weight_decay(cfg, total_steps)
     parts = []

@@ -76,10 +76,5 @@ def _load(kind: str) -> None:
     if kind in _loaded:
         return
     for module in _MODULES[kind]:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            # A registration module that does not exist yet is fine; a missing dependency is not.
-            if e.name != module:
-                raise
+        importlib.import_module(module)
     _loaded.add(kind)

@@ -79,7 +79,9 @@ def abstract_state(state_shardings, state) -> Any:
     )
 
 
-def make_train_step(objective: Objective, tx, lr_schedule, seed: int, accum: int, skip_nonfinite: bool):
+def make_train_step(
+    objective: Objective, tx, lr_schedule, seed: int, accum: int, skip_nonfinite: bool
+):
     base_key = jax.random.key(seed)
 
     def grads_of(params, extra, batch, rng):

@@ -38,7 +38,6 @@ from vrl.state import (
     make_train_step,
 )
 
-SECTIONS = ("data", "model", "objective", "optim", "mesh", "ckpt", "evals")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -138,8 +137,12 @@ def check_ranges(run: TrainConfig, data, opt, ckpt) -> None:
         ("config.data.repeated_samples", data.repeated_samples, ">= 1", lambda v: v >= 1),
         ("config.data.num_workers", data.num_workers, ">= 0", lambda v: v >= 0),
         ("config.data.prefetch", data.prefetch, ">= 0", lambda v: v >= 0),
-        ("config.data.max_skip_fraction", data.max_skip_fraction, "in [0, 1]",
-         lambda v: 0 <= v <= 1),
+        (
+            "config.data.max_skip_fraction",
+            data.max_skip_fraction,
+            "in [0, 1]",
+            lambda v: 0 <= v <= 1,
+        ),
         ("config.optim.lr", opt.lr, ">= 0", lambda v: v >= 0),
         ("config.optim.warmup_steps", opt.warmup_steps, ">= 0", lambda v: v >= 0),
         ("config.optim.grad_accum_steps", opt.grad_accum_steps, ">= 1", lambda v: v >= 1),
@@ -259,9 +262,7 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
     started = time.perf_counter()
     mesh = sharding.make_mesh(s.mesh)
     rules = s.mesh.axis_rules()
-    local_batch = sharding.batch_size_per_process(
-        s.data.batch_size, mesh, s.optim.grad_accum_steps
-    )
+    local_batch = sharding.batch_size_per_process(s.data.batch_size, mesh, s.optim.grad_accum_steps)
     logging.info("%s; %d clips per process per step.", sharding.describe(mesh, s.mesh), local_batch)
 
     # --- Data -------------------------------------------------------------------------------
@@ -316,7 +317,12 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
 
     # --- Step -------------------------------------------------------------------------------
     step_fn = make_train_step(
-        objective, tx, lr_schedule, s.run.seed, s.optim.grad_accum_steps, s.run.on_nonfinite == "skip"
+        objective,
+        tx,
+        lr_schedule,
+        s.run.seed,
+        s.optim.grad_accum_steps,
+        s.run.on_nonfinite == "skip",
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         t0 = time.perf_counter()
@@ -430,8 +436,10 @@ def _finish_step(pending, s: Setup, progress, writer, timers, data_stats) -> Non
             f"loss={float(values['train/loss'])}, grad_norm={float(values['train/grad_norm'])}"
         )
         if s.run.on_nonfinite == "stop":
-            raise NonFiniteError(message + "; the last good checkpoint is kept "
-                                 "(set config.on_nonfinite='skip' to skip such steps)")
+            raise NonFiniteError(
+                message + "; the last good checkpoint is kept "
+                "(set config.on_nonfinite='skip' to skip such steps)"
+            )
         logging.warning("%s; update skipped.", message)
     if step % s.run.log_every_steps == 0 or step == progress.total_steps:
         values = {k: v for k, v in values.items() if k != "train/finite"}
@@ -477,7 +485,9 @@ def clip_spec(maker: pipeline.ExampleMaker) -> ClipSpec:
     example = maker(0, np.random.default_rng(0))
     video = example["video"]
     views = video.shape[0] if video.ndim == 5 else 1
-    return ClipSpec(frames=video.shape[-4], height=video.shape[-3], width=video.shape[-2], views=views)
+    return ClipSpec(
+        frames=video.shape[-4], height=video.shape[-3], width=video.shape[-2], views=views
+    )
 
 
 def restore_data_any_layout(mngr, step: int, data_iter, workdir: str) -> None:
@@ -502,8 +512,12 @@ def restore_data_any_layout(mngr, step: int, data_iter, workdir: str) -> None:
             f"the saved per-process states {sorted(states)} differ or are missing"
         )
     data_iter.set_state(next(iter(states.values())))
-    logging.info("Data iterator of step %d restored from %d saved process(es) on %d.",
-                 step, len(states), jax.process_count())
+    logging.info(
+        "Data iterator of step %d restored from %d saved process(es) on %d.",
+        step,
+        len(states),
+        jax.process_count(),
+    )
 
 
 def log_parameters(state: TrainState) -> None:

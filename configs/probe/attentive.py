@@ -22,8 +22,12 @@ def get_config(arg=None):
     c.encoders = ("pretrained",)
     if args.vjepa:
         c.probe.update(lrs=(1e-3,), weight_decays=(0.01,), segments=8)
-        c.train_pp = ("multiview_clips(num_clips=8, frames=16, stride=4)|resize_short(size=256)"
-                      "|center_crop(size=224)")
-        c.test_pp = ("multiview_clips(num_clips=8, frames=16, stride=4)|resize_short(size=224)"
-                     "|three_crop(size=224)")
+        c.train_pp = (
+            "multiview_clips(num_clips=8, frames=16, stride=4)|resize_short(size=256)"
+            "|center_crop(size=224)"
+        )
+        c.test_pp = (
+            "multiview_clips(num_clips=8, frames=16, stride=4)|resize_short(size=224)"
+            "|three_crop(size=224)"
+        )
     return c

@@ -24,9 +24,12 @@ def get_config(arg=None):
         probe.sweep = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     c = job_config(probe, args.source)
     if args.cvrl:
-        c.probe.update(solver="sgd", epochs=100, lr=32.0, batch_size=1024, normalize=True,
-                       standardize=False)
+        c.probe.update(
+            solver="sgd", epochs=100, lr=32.0, batch_size=1024, normalize=True, standardize=False
+        )
         c.train_pp = "center_clip(frames=32, stride=2)|resize_short(size=256)|center_crop(size=224)"
-        c.test_pp = ("multiview_clips(num_clips=10, frames=32, stride=2)|resize_short(size=256)"
-                     "|three_crop(size=256)")
+        c.test_pp = (
+            "multiview_clips(num_clips=10, frames=32, stride=2)|resize_short(size=256)"
+            "|three_crop(size=256)"
+        )
     return c

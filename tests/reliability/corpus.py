@@ -93,11 +93,17 @@ def build(folder: str) -> dict[str, str]:
     for codec, data in good.items():
         ext = videos.EXTENSIONS[codec]
         for fraction in TRUNCATIONS[codec]:
-            add(f"cut{int(fraction * 100):02d}_{codec}{ext}", "truncated",
-                data[: int(len(data) * fraction)])
+            add(
+                f"cut{int(fraction * 100):02d}_{codec}{ext}",
+                "truncated",
+                data[: int(len(data) * fraction)],
+            )
         for start, length, fill in HEADER_DAMAGE[codec]:
-            add(f"header_{start}_{fill:02x}_{codec}{ext}", "corrupted header",
-                _damaged(data, start, length, fill))
+            add(
+                f"header_{start}_{fill:02x}_{codec}{ext}",
+                "corrupted header",
+                _damaged(data, start, length, fill),
+            )
     videos.make_truncated(os.path.join(folder, "cut_indexed_mjpeg.mov"), frames=FRAMES)
     kinds["cut_indexed_mjpeg.mov"] = "truncated"
 

@@ -67,17 +67,32 @@ class Run:
     the child (e.g. its file size) never stop it from reporting.
     """
 
-    def __init__(self, workdir: str, *overrides: str, steps: int = STEPS, arg: str = "",
-                 obey_file_modes: bool = False):
+    def __init__(
+        self,
+        workdir: str,
+        *overrides: str,
+        steps: int = STEPS,
+        arg: str = "",
+        obey_file_modes: bool = False,
+    ):
         self.workdir = workdir
         os.makedirs(os.path.dirname(os.path.abspath(workdir)), exist_ok=True)
-        number = len([n for n in os.listdir(os.path.dirname(os.path.abspath(workdir)))
-                      if n.startswith(os.path.basename(workdir) + ".")])
+        number = len(
+            [
+                n
+                for n in os.listdir(os.path.dirname(os.path.abspath(workdir)))
+                if n.startswith(os.path.basename(workdir) + ".")
+            ]
+        )
         self.log_path = f"{os.path.abspath(workdir)}.{number}.log"
         command = [
-            sys.executable, "-m", "vrl.main",
+            sys.executable,
+            "-m",
+            "vrl.main",
             f"--config={CONFIG}:steps={steps}{',' + arg if arg else ''}",
-            f"--workdir={workdir}", f"--cpu_devices={DEVICES}", *overrides,
+            f"--workdir={workdir}",
+            f"--cpu_devices={DEVICES}",
+            *overrides,
         ]
         if obey_file_modes and os.geteuid() == 0:
             command = WITHOUT_ROOT_OVERRIDE + command

@@ -31,69 +31,144 @@ MASKED = {  # a VideoMAE setup that is valid, for the cases that break one of it
 
 # (what is wrong, {dotted key: value}, how the one-line message starts)
 CASES = [
-    ("unknown top-level key", {"totl_steps": 3},
-     "config.totl_steps: unknown key; allowed: ckpt, compute_dtype, data, evals,"),
+    (
+        "unknown top-level key",
+        {"totl_steps": 3},
+        "config.totl_steps: unknown key; allowed: ckpt, compute_dtype, data, evals,",
+    ),
     ("unknown nested key", {"optim.lrr": 0.1}, "config.optim.lrr: unknown key; allowed: b1, b2,"),
     ("unknown model key", {"model.widht": 64}, "config.model.widht: unknown key; allowed:"),
     ("string for a float", {"optim.lr": "fast"}, "config.optim.lr: expected float, got str 'fast'"),
-    ("float for an int", {"data.batch_size": 8.5},
-     "config.data.batch_size: expected int, got float 8.5"),
-    ("optimizer not in the enumeration", {"optim.name": "adam"},
-     "config.optim.name: 'adam' is not allowed; allowed: 'sgd', 'lars', 'adamw'"),
-    ("unsupported compute dtype", {"compute_dtype": "float16"},
-     "config.compute_dtype: 'float16' is not allowed; allowed: 'float32', 'bfloat16'"),
-    ("unknown non-finite policy", {"on_nonfinite": "ignore"},
-     "config.on_nonfinite: 'ignore' is not allowed; allowed: 'stop', 'skip'"),
+    (
+        "float for an int",
+        {"data.batch_size": 8.5},
+        "config.data.batch_size: expected int, got float 8.5",
+    ),
+    (
+        "optimizer not in the enumeration",
+        {"optim.name": "adam"},
+        "config.optim.name: 'adam' is not allowed; allowed: 'sgd', 'lars', 'adamw'",
+    ),
+    (
+        "unsupported compute dtype",
+        {"compute_dtype": "float16"},
+        "config.compute_dtype: 'float16' is not allowed; allowed: 'float32', 'bfloat16'",
+    ),
+    (
+        "unknown non-finite policy",
+        {"on_nonfinite": "ignore"},
+        "config.on_nonfinite: 'ignore' is not allowed; allowed: 'stop', 'skip'",
+    ),
     ("unknown model", {"model.name": "r4d"}, "config.model.name: unknown model 'r4d'; allowed:"),
-    ("unknown objective", {"objective.name": "simclr"},
-     "config.objective.name: unknown objective 'simclr'; allowed:"),
-    ("unknown source", {"data.source.name": "youtube"},
-     "config.data.source.name: unknown source 'youtube'; allowed:"),
-    ("unknown transform", {"data.train_pp": "cvrl_clips(frames=4)|crop(size=16)"},
-     "config.data.train_pp: unknown transform 'crop'; allowed:"),
-    ("spatial op before the temporal op",
-     {"data.train_pp": "random_resized_crop(size=16)|cvrl_clips(frames=4)"},
-     "config.data.train_pp: temporal op 'cvrl_clips' after a spatial op"),
-    ("both run lengths", {"total_epochs": 3.0},
-     "config.total_steps / config.total_epochs: set exactly one"),
-    ("no run length", {"total_steps": DELETE},
-     "config.total_steps / config.total_epochs: set exactly one"),
+    (
+        "unknown objective",
+        {"objective.name": "simclr"},
+        "config.objective.name: unknown objective 'simclr'; allowed:",
+    ),
+    (
+        "unknown source",
+        {"data.source.name": "youtube"},
+        "config.data.source.name: unknown source 'youtube'; allowed:",
+    ),
+    (
+        "unknown transform",
+        {"data.train_pp": "cvrl_clips(frames=4)|crop(size=16)"},
+        "config.data.train_pp: unknown transform 'crop'; allowed:",
+    ),
+    (
+        "spatial op before the temporal op",
+        {"data.train_pp": "random_resized_crop(size=16)|cvrl_clips(frames=4)"},
+        "config.data.train_pp: temporal op 'cvrl_clips' after a spatial op",
+    ),
+    (
+        "both run lengths",
+        {"total_epochs": 3.0},
+        "config.total_steps / config.total_epochs: set exactly one",
+    ),
+    (
+        "no run length",
+        {"total_steps": DELETE},
+        "config.total_steps / config.total_epochs: set exactly one",
+    ),
     ("zero steps", {"total_steps": 0}, "config.total_steps: 0 is not allowed; allowed: >= 1"),
-    ("zero logging interval", {"log_every_steps": 0},
-     "config.log_every_steps: 0 is not allowed; allowed: >= 1"),
-    ("zero checkpoint interval", {"ckpt.every_steps": 0},
-     "config.ckpt.every_steps: 0 is not allowed; allowed: >= 1"),
-    ("no preemption grace", {"preemption_grace_s": 0.0},
-     "config.preemption_grace_s: 0.0 is not allowed; allowed: > 0"),
-    ("skip fraction above 1", {"data.max_skip_fraction": 1.5},
-     "config.data.max_skip_fraction: 1.5 is not allowed; allowed: in [0, 1]"),
-    ("negative learning rate", {"optim.lr": -0.1},
-     "config.optim.lr: -0.1 is not allowed; allowed: >= 0"),
-    ("batch not divisible by the devices", {"data.batch_size": 6},
-     "config.data.batch_size=6 must be a multiple of the data-parallel size 8"),
-    ("micro-batches not divisible by the devices", {"optim.grad_accum_steps": 3},
-     "config.optim.grad_accum_steps=3: each micro-batch of config.data.batch_size=8 must split"),
-    ("mesh that does not fit the devices", {"mesh.model": 3},
-     "config.mesh: 8 devices do not divide by the fixed axes' product 3"),
-    ("clip longer than every video", {"data.train_pp": "cvrl_clips(frames=16, stride=2)"},
-     "config.data.train_pp: a clip spans 31 frames (16 frames, 2 apart), longer than every video"),
-    ("mask ratio out of range", {**MASKED, "objective.mask_ratio": 1.5},
-     "config.objective.mask: tube_mask.ratio: must be in [0, 1)"),
-    ("masked objective on a convolutional backbone",
-     {**MASKED, "model": {"name": "r3d", "depth": 18, "width": 0.125}},
-     "config.objective (videomae) needs an encoder that takes keep_idx (vit); "
-     "got config.model.name='r3d'"),
-    ("contrastive objective with one view",
-     {"data.train_pp": "uniform_clip(frames=4, stride=2)|random_resized_crop(size=16)"},
-     "config.objective (cvrl) needs 2 views per video, the train ops make 1"),
-    ("second stage without its teacher", {**MASKED, "objective": {"name": "salt"}},
-     "config.objective.teacher_checkpoint: required"),
-    ("missing video folder",
-     {"data.source": {"name": "video_folder", "root": "/nonexistent/videos"}},
-     "config.data.source (video_folder, split 'train'): video_folder: root /nonexistent/videos "
-     "is not a directory"),
-    ("empty synthetic dataset", {"data.source.num_videos": 0},
-     "config.data.source (synthetic, split 'train'): synthetic: num_videos must be >= 1"),
+    (
+        "zero logging interval",
+        {"log_every_steps": 0},
+        "config.log_every_steps: 0 is not allowed; allowed: >= 1",
+    ),
+    (
+        "zero checkpoint interval",
+        {"ckpt.every_steps": 0},
+        "config.ckpt.every_steps: 0 is not allowed; allowed: >= 1",
+    ),
+    (
+        "no preemption grace",
+        {"preemption_grace_s": 0.0},
+        "config.preemption_grace_s: 0.0 is not allowed; allowed: > 0",
+    ),
+    (
+        "skip fraction above 1",
+        {"data.max_skip_fraction": 1.5},
+        "config.data.max_skip_fraction: 1.5 is not allowed; allowed: in [0, 1]",
+    ),
+    (
+        "negative learning rate",
+        {"optim.lr": -0.1},
+        "config.optim.lr: -0.1 is not allowed; allowed: >= 0",
+    ),
+    (
+        "batch not divisible by the devices",
+        {"data.batch_size": 6},
+        "config.data.batch_size=6 must be a multiple of the data-parallel size 8",
+    ),
+    (
+        "micro-batches not divisible by the devices",
+        {"optim.grad_accum_steps": 3},
+        "config.optim.grad_accum_steps=3: each micro-batch of config.data.batch_size=8 must split",
+    ),
+    (
+        "mesh that does not fit the devices",
+        {"mesh.model": 3},
+        "config.mesh: 8 devices do not divide by the fixed axes' product 3",
+    ),
+    (
+        "clip longer than every video",
+        {"data.train_pp": "cvrl_clips(frames=16, stride=2)"},
+        "config.data.train_pp: a clip spans 31 frames (16 frames, 2 apart), longer than every "
+        "video",
+    ),
+    (
+        "mask ratio out of range",
+        {**MASKED, "objective.mask_ratio": 1.5},
+        "config.objective.mask: tube_mask.ratio: must be in [0, 1)",
+    ),
+    (
+        "masked objective on a convolutional backbone",
+        {**MASKED, "model": {"name": "r3d", "depth": 18, "width": 0.125}},
+        "config.objective (videomae) needs an encoder that takes keep_idx (vit); "
+        "got config.model.name='r3d'",
+    ),
+    (
+        "contrastive objective with one view",
+        {"data.train_pp": "uniform_clip(frames=4, stride=2)|random_resized_crop(size=16)"},
+        "config.objective (cvrl) needs 2 views per video, the train ops make 1",
+    ),
+    (
+        "second stage without its teacher",
+        {**MASKED, "objective": {"name": "salt"}},
+        "config.objective.teacher_checkpoint: required",
+    ),
+    (
+        "missing video folder",
+        {"data.source": {"name": "video_folder", "root": "/nonexistent/videos"}},
+        "config.data.source (video_folder, split 'train'): video_folder: root /nonexistent/videos "
+        "is not a directory",
+    ),
+    (
+        "empty synthetic dataset",
+        {"data.source.num_videos": 0},
+        "config.data.source (synthetic, split 'train'): synthetic: num_videos must be >= 1",
+    ),
 ]
 
 
@@ -167,8 +242,9 @@ def test_the_base_config_is_valid(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("what, changes, message", CASES, ids=[c[0] for c in CASES])
-def test_misconfiguration_is_one_line_before_compilation(what, changes, message, tmp_path,
-                                                          monkeypatch):
+def test_misconfiguration_is_one_line_before_compilation(
+    what, changes, message, tmp_path, monkeypatch
+):
     text = error_of(changes, str(tmp_path), monkeypatch)
     assert text.startswith(message), text
     assert "\n" not in text
@@ -208,9 +284,20 @@ def test_doc_table_is_current(monkeypatch, tmp_path):
 
 def test_command_line_prints_the_line_and_exits_2_without_compiling(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "vrl.main", f"--config={runs.CONFIG}", f"--workdir={tmp_path}",
-         "--config.ckpt.every_steps=0", f"--cpu_devices={runs.DEVICES}"],
-        cwd=runs.ROOT, env=runs.environment(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "vrl.main",
+            f"--config={runs.CONFIG}",
+            f"--workdir={tmp_path}",
+            "--config.ckpt.every_steps=0",
+            f"--cpu_devices={runs.DEVICES}",
+        ],
+        cwd=runs.ROOT,
+        env=runs.environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("config error: ")]

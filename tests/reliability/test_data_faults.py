@@ -30,12 +30,14 @@ def folder(tmp_path_factory):
     original = corpus.good_video(os.path.join(root, "good"), "h264", "h264_0.mp4")
     broken = [f"broken/{name}" for name in sorted(kinds)]
     # About 100 good videos, so that broken + good fill whole batches.
-    good = [f"good/h264_{i}.mp4" for i in range(-(-(len(broken) + 100) // BATCH) * BATCH
-                                                - len(broken))]
+    good = [
+        f"good/h264_{i}.mp4" for i in range(-(-(len(broken) + 100) // BATCH) * BATCH - len(broken))
+    ]
     for name in good[1:]:
         shutil.copy(original, os.path.join(root, name))
-    sources.write_manifest(os.path.join(root, "train.csv"),
-                           [sources.ManifestRow(p) for p in good + broken])
+    sources.write_manifest(
+        os.path.join(root, "train.csv"), [sources.ManifestRow(p) for p in good + broken]
+    )
     return {"root": root, "broken": broken, "kinds": kinds, "good": good}
 
 
@@ -48,8 +50,14 @@ def test_the_corpus_has_at_least_50_broken_inputs_of_every_kind(folder):
     assert len(folder["broken"]) >= 50
     counts = collections.Counter(folder["kinds"].values())
     assert set(counts) == {
-        "zero-byte", "random bytes", "truncated", "wrong extension", "huge declared size",
-        "zero frames", "audio only", "corrupted header",
+        "zero-byte",
+        "random bytes",
+        "truncated",
+        "wrong extension",
+        "huge declared size",
+        "zero frames",
+        "audio only",
+        "corrupted header",
     }, counts
 
 
@@ -115,12 +123,18 @@ def test_the_trainer_counts_unreadable_videos_and_stops_over_the_limit(folder, t
 def prepared(tmp_path_factory, folder):
     """The TFDS dataset DATASET of 8 good videos, then one record's ArrayRecord chunk damaged."""
     base = tmp_path_factory.mktemp("tfds")
-    sources.write_manifest(str(base / "train.csv"),
-                           [sources.ManifestRow(p) for p in folder["good"][:8]])
-    prepare.prepare(folder["root"], str(base / "{split}.csv"), DATASET, ["train"],
-                    str(base / "out"), workers=1)
-    shards = [os.path.join(d, n) for d, _, names in os.walk(base / "out" / DATASET)
-              for n in names if ".array_record-" in n]
+    sources.write_manifest(
+        str(base / "train.csv"), [sources.ManifestRow(p) for p in folder["good"][:8]]
+    )
+    prepare.prepare(
+        folder["root"], str(base / "{split}.csv"), DATASET, ["train"], str(base / "out"), workers=1
+    )
+    shards = [
+        os.path.join(d, n)
+        for d, _, names in os.walk(base / "out" / DATASET)
+        for n in names
+        if ".array_record-" in n
+    ]
     assert len(shards) == 1, shards
     with open(shards[0], "r+b") as f:
         f.seek(100)  # inside the first record's chunk (the file header is 64 bytes)
@@ -129,8 +143,13 @@ def prepared(tmp_path_factory, folder):
 
 
 def test_a_corrupted_tfds_record_is_skipped_and_counted(prepared):
-    cfg = pipeline.DataConfig(source={"name": "tfds", "dataset": DATASET, "data_dir": prepared},
-                              train_pp=WHOLE_CLIP, batch_size=8, prefetch=0, max_skip_fraction=1.0)
+    cfg = pipeline.DataConfig(
+        source={"name": "tfds", "dataset": DATASET, "data_dir": prepared},
+        train_pp=WHOLE_CLIP,
+        batch_size=8,
+        prefetch=0,
+        max_skip_fraction=1.0,
+    )
     source = pipeline.make_source(cfg, "train")
     unreadable = []
     for index in range(len(source)):

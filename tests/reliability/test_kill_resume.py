@@ -43,9 +43,15 @@ def kill_at(run: runs.Run, kind: str, step: int, rng: random.Random) -> dict:
     if kind == "startup":
         time.sleep(rng.uniform(0.2, 4.0))
     elif kind == "save":
-        run.until(lambda: any(
-            int(n.split(".")[0]) >= step and n not in stale for n in runs.saves_in_flight(workdir)
-        ) and not stale & set(runs.saves_in_flight(workdir)))
+        run.until(
+            lambda: (
+                any(
+                    int(n.split(".")[0]) >= step and n not in stale
+                    for n in runs.saves_in_flight(workdir)
+                )
+                and not stale & set(runs.saves_in_flight(workdir))
+            )
+        )
     else:
         run.until(lambda: max(runs.complete_steps(workdir), default=0) >= step - 1)
         time.sleep(rng.uniform(0.0, 0.3))

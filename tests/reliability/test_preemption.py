@@ -40,8 +40,15 @@ def preempt(workdir: str, when: str, rng: random.Random) -> dict:
     code = run.wait()
     elapsed = time.monotonic() - sent
     saved = [int(m) for m in runs.SAVED_AFTER_NOTICE.findall(run.output())]
-    return {"when": when, "code": code, "exit_s": elapsed, "saved": saved, "before": before,
-            "after": runs.complete_steps(workdir), "log": run.tail()}
+    return {
+        "when": when,
+        "code": code,
+        "exit_s": elapsed,
+        "saved": saved,
+        "before": before,
+        "after": runs.complete_steps(workdir),
+        "log": run.tail(),
+    }
 
 
 @pytest.mark.slow
@@ -112,8 +119,10 @@ def test_several_processes_leave_sigterm_to_jax():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                    reason="signal handlers need the main thread")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers need the main thread",
+)
 def test_sigterm_outside_the_loop_raises_preempted_inside_it_only_flags():
     with train._Preemption(30.0) as preemption:
         with pytest.raises(train.Preempted):

@@ -1,2 +1,1 @@
 """Data sources, clip sampling, augmentation, masks and the Grain pipeline."""
-

@@ -286,8 +286,10 @@ def eval_dataset(
     maker = ExampleMaker(source, ops)
     total = len(source)
     padded = -(-total // batch_size) * batch_size
-    ds = grain.MapDataset.range(padded).seed(seed).random_map(
-        functools.partial(_padded_example, maker=maker, total=total)
+    ds = (
+        grain.MapDataset.range(padded)
+        .seed(seed)
+        .random_map(functools.partial(_padded_example, maker=maker, total=total))
     )
     ds = _ProcessBlocks(ds, batch_size, process_index, process_count)
     ds = ds.batch(batch_size // process_count, drop_remainder=True)

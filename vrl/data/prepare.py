@@ -243,7 +243,9 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 yield record_key(video, len(tasks), part), record
         if self._options.store == "frames":
             counts = [records[video] for video in sorted(records)]
-            self.info.metadata[sources.FIRST_RECORD][split] = [0, *itertools.accumulate(counts)][:-1]
+            self.info.metadata[sources.FIRST_RECORD][split] = [0, *itertools.accumulate(counts)][
+                :-1
+            ]
 
 
 def frames_layout(

@@ -136,7 +136,7 @@ def clip_rows(example: dict, info: dict) -> list[tuple[str, list[tuple[str, np.n
 
 
 def describe(example: dict, label_names: dict[str, list[str]]) -> str:
-    """"id | label: name | ..." for the caption of an example."""
+    """ "id | label: name | ..." for the caption of an example."""
     parts = [str(np.ravel(example.get("id", [""]))[0])]
     for key in sorted(k for k in example if k.startswith("label/")):
         label_set = key.split("/", 1)[1]

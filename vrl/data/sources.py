@@ -363,10 +363,10 @@ class PreparedDataset(Source):
 
     Random access into ArrayRecord files, no TensorFlow. Each record holds the encoded video
     (`store=video`, decoded with PyAV from memory) or its JPEG frames (`store=frames`, in
-    chunks of consecutive frames, decoded with FFmpeg's MJPEG decoder). `fps` resamples (records then report num_frames and fps at that rate) and
-    `short_side` resizes at decode time. `dataset` is the --name given to prepare (the key
-    `name` is the registry's: {"name": "tfds", "dataset": ...}); `data_dir` None means TFDS's
-    default directory.
+    chunks of consecutive frames, decoded with FFmpeg's MJPEG decoder). `fps` resamples (records
+    then report num_frames and fps at that rate) and `short_side` resizes at decode time.
+    `dataset` is the --name given to prepare (the key `name` is the registry's: {"name": "tfds",
+    "dataset": ...}); `data_dir` None means TFDS's default directory.
     """
 
     dataset: str
@@ -411,8 +411,13 @@ class PreparedDataset(Source):
             # Reported by `decode`, where the pipeline skips and counts unreadable videos.
             where = f"{self.dataset}/{self.split}/{int(index)}"
             reason = " ".join(str(e).split())
-            return {"id": where, "num_frames": 1, "fps": self.fps or 1.0, "labels": {},
-                    "error": f"{where}: unreadable record: {reason}"}
+            return {
+                "id": where,
+                "num_frames": 1,
+                "fps": self.fps or 1.0,
+                "labels": {},
+                "error": f"{where}: unreadable record: {reason}",
+            }
         native_count, native_fps = int(example["num_frames"]), _rate(example["fps"])
         record = {
             "id": _text(example["id"]),

@@ -1,2 +1,1 @@
 """Encoders and heads; each module registers its models by name."""
-

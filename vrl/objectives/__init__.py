@@ -1,2 +1,1 @@
 """Training objectives; each module registers its objective by name."""
-

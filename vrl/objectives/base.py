@@ -61,7 +61,7 @@ class Objective(abc.ABC):
         return extra
 
     def for_training(self, total_steps: int) -> "Objective":
-        """This objective with schedules sized to the run (V-JEPA's EMA momentum); self by default."""
+        """This objective with schedules sized to the run (V-JEPA's EMA momentum); default: self."""
         return self
 
     def post_init(self, params: PyTree, extra: PyTree) -> tuple[PyTree, PyTree]:

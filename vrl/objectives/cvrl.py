@@ -55,7 +55,8 @@ class CVRL(base.Objective):
     def batch_ops(self, clip: base.ClipSpec):
         if clip.views != 2:
             raise ConfigError(
-                f"config.objective (cvrl) needs 2 views per video, the train ops make {clip.views}; "
+                f"config.objective (cvrl) needs 2 views per video, the train ops make "
+                f"{clip.views}; "
                 "start config.data.train_pp with cvrl_clips(...)"
             )
         return []
@@ -70,7 +71,10 @@ class CVRL(base.Objective):
         features = jnp.zeros((2, self.encoder.output_dim), self.encoder.dtype)
         head_vars = self.head.init(head_rng, features, train=False)
         params = {"encoder": enc_vars["params"], "head": head_vars["params"]}
-        stats = {"encoder": enc_vars.get("batch_stats", {}), "head": head_vars.get("batch_stats", {})}
+        stats = {
+            "encoder": enc_vars.get("batch_stats", {}),
+            "head": head_vars.get("batch_stats", {}),
+        }
         return params, {"batch_stats": stats}
 
     def loss(self, params, extra, batch, rng, train):

@@ -147,7 +147,9 @@ class VJEPA(_LatentPrediction):
 
     def update_extra(self, extra, params, step):
         m = self.momentum(step)
-        target = jax.tree.map(lambda t, p: m * t + (1.0 - m) * p, extra["target"], params["encoder"])
+        target = jax.tree.map(
+            lambda t, p: m * t + (1.0 - m) * p, extra["target"], params["encoder"]
+        )
         return {**extra, "target": target}
 
     def encoder_variables(self, params, extra, which="encoder"):

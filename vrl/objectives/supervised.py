@@ -100,9 +100,17 @@ class Supervised(base.Objective):
             return params, extra
         from vrl import api, checkpoint  # noqa: PLC0415
 
-        loaded = jax.device_get(api.load_encoder(self.init_from, self.init_step, self.init_which).variables)
-        current = {"params": params["encoder"], **({"batch_stats": extra["batch_stats"]["encoder"]}
-                                                   if extra["batch_stats"]["encoder"] else {})}
+        loaded = jax.device_get(
+            api.load_encoder(self.init_from, self.init_step, self.init_which).variables
+        )
+        current = {
+            "params": params["encoder"],
+            **(
+                {"batch_stats": extra["batch_stats"]["encoder"]}
+                if extra["batch_stats"]["encoder"]
+                else {}
+            ),
+        }
         checkpoint.check_matches(loaded, current, f"encoder of {self.init_from}")
         params = {**params, "encoder": loaded["params"]}
         if "batch_stats" in loaded:

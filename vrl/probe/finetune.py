@@ -232,6 +232,8 @@ def read_history(workdir: str) -> list[dict]:
             row = json.loads(line)
             if "test/top1" in row:
                 history[row["step"]] = {
-                    "step": row["step"], "top1": row["test/top1"], "top5": row["test/top5"]
+                    "step": row["step"],
+                    "top1": row["test/top1"],
+                    "top5": row["test/top5"],
                 }
     return [history[s] for s in sorted(history)]

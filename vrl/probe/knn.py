@@ -54,8 +54,13 @@ class KNNProbe:
             pad = min(self.chunk, m) - len(part)
             part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)]) if pad else part
             v, nn_idx = _knn(
-                jnp.asarray(part), bank, bank_y, self.temperature,
-                k=k, depth=depth, num_classes=num_classes,
+                jnp.asarray(part),
+                bank,
+                bank_y,
+                self.temperature,
+                k=k,
+                depth=depth,
+                num_classes=num_classes,
             )
             votes.append(np.asarray(v)[: len(part) - pad])
             neighbours.append(np.asarray(nn_idx)[: len(part) - pad])

@@ -149,7 +149,12 @@ def fit_logistic(x, y, num_classes: int, l2, max_iters: int):
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "num_classes", "batch", "steps_per_epoch", "epochs", "momentum", "weight_decay",
+        "num_classes",
+        "batch",
+        "steps_per_epoch",
+        "epochs",
+        "momentum",
+        "weight_decay",
     ),
 )
 def _fit_sgd(x, y, lr, key, *, num_classes, batch, steps_per_epoch, epochs, momentum, weight_decay):

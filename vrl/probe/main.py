@@ -137,8 +137,14 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
             test_x, test_y = api.extract_features(
                 encoder, data, data_cfg.test_split, pp=test_pp, kind=inputs
             )
-            logging.info("Extracted %s %s features in %.1f s: train %s, test %s.", encoder_name,
-                         inputs, time.perf_counter() - t0, train_x.shape, test_x.shape)
+            logging.info(
+                "Extracted %s %s features in %.1f s: train %s, test %s.",
+                encoder_name,
+                inputs,
+                time.perf_counter() - t0,
+                train_x.shape,
+                test_x.shape,
+            )
         for label_set in label_sets:
             name = f"{probe_name}_{label_set}_{encoder_name}"
             num_classes = len(label_names[label_set])
