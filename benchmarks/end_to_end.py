@@ -11,8 +11,10 @@ minus its waits), `time/data_wait`, `time/ckpt` (time the loop was blocked by ch
 config checks and exit.
 """
 
+import glob
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,8 +40,8 @@ PHASES = (
 )
 
 
-def run_quickstart(workdir: str, quick: bool) -> float:
-    """Runs the quickstart into `workdir`; returns its wall time in seconds."""
+def run_quickstart(workdir: str, quick: bool) -> tuple[float, float]:
+    """Runs the quickstart into `workdir`: (wall seconds, peak RSS in MB of its largest process)."""
     config = CONFIG + (":runlocal" if quick else "")
     command = [sys.executable, "-m", "vrl.main", f"--config={config}", f"--workdir={workdir}"]
     env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
@@ -50,7 +52,7 @@ def run_quickstart(workdir: str, quick: bool) -> float:
         raise RuntimeError(
             f"{' '.join(command)} exited with {done.returncode}:\n{done.stderr[-4000:]}"
         )
-    return wall
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def read_metrics(workdir: str) -> dict:
@@ -90,10 +92,19 @@ def breakdown(wall: float, metrics: dict) -> list[list]:
     return rows
 
 
+def probe_results(workdir: str) -> list[list[str]]:
+    """The top-1 of every probe the run wrote (WORKDIR/probe/*.json), by name."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(workdir, "probe", "*.json"))):
+        with open(path) as f:
+            rows.append([os.path.basename(path)[: -len(".json")], f"{json.load(f)['top1']:.1f}"])
+    return rows
+
+
 def main(argv):
     del argv
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="vrl_quickstart_")
-    wall = run_quickstart(workdir, _QUICK.value)
+    wall, peak_mb = run_quickstart(workdir, _QUICK.value)
     metrics = read_metrics(workdir)
     steps = metrics["step"]
     step_time = metrics.get("perf/step_time_s")
@@ -108,9 +119,12 @@ def main(argv):
                 ["phase", "metric", "seconds", "share"], breakdown(wall, metrics)
             ),
             "",
-            f"Last logged step time {step_time:.3f} s ({clips:.1f} clips/s)."
+            f"Last logged step time {step_time:.3f} s ({clips:.1f} clips/s). Peak resident memory "
+            f"{peak_mb:.0f} MB (the largest process of the run)."
             if step_time and clips
             else "No step time was logged.",
+            "",
+            common.markdown_table(["probe", "top-1 (%)"], probe_results(workdir)),
         ]
     )
     print(text)

@@ -34,12 +34,22 @@ def run_benchmark(name: str, *args: str) -> str:
     return done.stdout
 
 
+def tables(out: str) -> list[list[list[str]]]:
+    """Every markdown table in the output: header and rows as lists of cells."""
+    found, rows = [], []
+    for line in [*out.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            found.append([rows[0], *rows[2:]])  # without the |---| line
+            rows = []
+    assert found, f"no table printed:\n{out}"
+    return found
+
+
 def table(out: str) -> list[list[str]]:
-    """The markdown table in the output: header and rows as lists of cells."""
-    rows = [line for line in out.splitlines() if line.startswith("|")]
-    assert rows, f"no table printed:\n{out}"
-    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
-    return [cells[0]] + cells[2:]  # without the |---| line
+    """The first markdown table in the output."""
+    return tables(out)[0]
 
 
 def test_train_step_vs_torch_prints_its_table():
@@ -91,7 +101,13 @@ def test_checkpointing_prints_its_table():
 @pytest.mark.slow
 def test_end_to_end_accounts_for_every_phase(tmp_path):
     out = run_benchmark("end_to_end", "--quick", f"--workdir={tmp_path}")
-    header, *rows = table(out)
+    (header, *rows), (_, *probes) = tables(out)
+    assert sorted(name for name, _ in probes) == [
+        f"linear_{labels}_{encoder}"
+        for labels in ("appearance", "motion")
+        for encoder in ("pretrained", "random")
+    ]
+    assert "Peak resident memory" in out
     assert header == ["phase", "metric", "seconds", "share"]
     recorded = {row[1]: row[2] for row in rows}
     for metric in (

@@ -15,6 +15,8 @@ from vrl.data import pipeline, show
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs", "quickstart.py")
 VIDEOMAE = os.path.join(REPO, "configs", "videomae_vitb_k400.py")
+# Two views that differ in colour, so a panel drawn from the wrong view shows.
+JITTERED = "cvrl_clips(frames=8, stride=1)|color_jitter(p=1.0, brightness=0.8, hue=0.4)"
 
 
 def gif_frames(path: str) -> list[np.ndarray]:
@@ -45,7 +47,7 @@ def test_examples_are_the_first_global_batch_of_the_run():
     data = pipeline.train_dataset(s.data, seed=s.run.seed, process_index=0, process_count=1)
     batch = next(iter(data))
     for i, example in enumerate(examples):
-        assert example["video"].shape == (2, 8, 48, 48, 3)
+        assert example["video"].shape == (2, 8, 32, 32, 3)
         for key, value in example.items():
             np.testing.assert_array_equal(batch[key][i], value, err_msg=key)
 
@@ -54,25 +56,27 @@ def test_command_writes_a_gif_per_example_and_a_contact_sheet(tmp_path):
     out = tmp_path / "shown"
     result = subprocess.run(
         [sys.executable, "-m", "vrl.data.show", f"--config={QUICKSTART}:runlocal",
-         f"--out={out}", "--num=2"],
+         f"--config.data.train_pp={JITTERED}", f"--out={out}", "--num=2"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     names = ["example_0.gif", "example_1.gif", "contact_sheet.png"]
     assert result.stdout.split() == [str(out / name) for name in names]
-    examples, _ = show.make_examples(config_lib.load_file(QUICKSTART, "runlocal"), num=2)
+    config = config_lib.load_file(QUICKSTART, "runlocal")
+    config.data.train_pp = JITTERED
+    examples, _ = show.make_examples(config, num=2)
     for i, example in enumerate(examples):
         frames = gif_frames(str(out / f"example_{i}.gif"))
         assert len(frames) == 8  # one GIF frame per clip frame
         for view in range(2):  # CVRL: a row per view, each as the model sees it
             for t in (0, 7):
-                drawn = panel(frames[t], view, 0, (48, 48)).astype(int)
+                drawn = panel(frames[t], view, 0, (32, 32)).astype(int)
                 error = np.abs(drawn - example["video"][view, t]).mean()
                 assert error < 12, (i, view, t, error)  # GIF palette rounding only
-        other = np.abs(panel(frames[0], 0, 0, (48, 48)).astype(int) - example["video"][1, 0])
+        other = np.abs(panel(frames[0], 0, 0, (32, 32)).astype(int) - example["video"][1, 0])
         assert other.mean() > 12  # the two views differ beyond palette rounding
     with Image.open(out / "contact_sheet.png") as sheet:
-        assert sheet.height >= 2 * 2 * 48 * show.enlargement(48, 48)
+        assert sheet.height >= 2 * 2 * 32 * show.enlargement(32, 32)
 
 
 def test_masks_are_drawn_over_the_hidden_tubelets(tmp_path):

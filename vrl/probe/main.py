@@ -170,6 +170,7 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
             results[name] = metrics
             record = {
                 "name": name,
+                "top1": metrics["top1"],  # also in metrics; at the top for scripts
                 "metrics": metrics,
                 "class_names": label_names[label_set],
                 "checkpoint": os.path.abspath(job.checkpoint),
