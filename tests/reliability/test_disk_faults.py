@@ -26,7 +26,8 @@ needs_file_modes = pytest.mark.skipif(
 
 def check_line(run: runs.Run, *parts: str) -> str:
     lines = [ln for ln in run.output().splitlines() if ln.startswith("checkpoint error: ")]
-    assert len(lines) == 1, run.tail()
+    errors = [ln for ln in run.output().splitlines() if "error" in ln.lower()]
+    assert len(lines) == 1, "\n".join(errors[-20:]) or run.tail()
     for part in parts:
         assert part in lines[0], lines[0]
     return lines[0]

@@ -13,7 +13,10 @@ Two design rules carry the purpose:
 - Motion is what two clips of a video share, not looks. Objects live for `lifetime` frames and
   are replaced by a fresh object (new texture, colour, place, size) that keeps the video's
   shape and motion, and backgrounds come from a small shared pool; a contrastive learner that
-  pairs clips of one video cannot tell videos apart by the look of their objects or backdrop.
+  pairs clips of one video cannot tell videos apart by the look of their objects. A textured
+  background still sits at a per-video offset, which a contrastive learner picks up within a
+  few hundred steps: `background_contrast=0` (as configs/quickstart.py) leaves only motion
+  and shape shared by the two clips.
 
 Everything is a pure function of (seed, split, index, frame): records are cheap metadata and
 `decode` renders only the requested frames, vectorised in numpy. Object instances (shape plus
