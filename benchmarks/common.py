@@ -42,6 +42,16 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def flop_ratio_verdict(speedup: float, flop_ratio: float, goal: float, rounds=()) -> str:
+    """The sentence a speedup benchmark ends with: measured speedup against the FLOP ratio."""
+    spread = f" (rounds: {', '.join(f'{x:.2f}' for x in rounds)})" if len(rounds) else ""
+    return (
+        f"Analytic FLOP ratio {flop_ratio:.2f}x; measured speedup {speedup:.2f}x{spread} = "
+        f"{speedup / flop_ratio:.2f} of the FLOP ratio (goal >= {goal}): "
+        f"{'met' if speedup >= goal * flop_ratio else 'NOT met'}."
+    )
+
+
 def record(section: str, body: str, path: str = PERFORMANCE_MD) -> None:
     """Writes `## section` with `body` into docs/PERFORMANCE.md, replacing an older version."""
     text = open(path).read() if os.path.exists(path) else "# Performance\n"

@@ -78,9 +78,7 @@ def main(argv):
                 ["variant", "tokens in encoder", "GFLOP/step", "step (ms)"], body
             ),
             "",
-            f"Analytic FLOP ratio {flop_ratio:.2f}x; measured speedup {speedup:.2f}x = "
-            f"{speedup / flop_ratio:.2f} of the FLOP ratio (goal >= {GOAL}): "
-            f"{'met' if speedup >= GOAL * flop_ratio else 'NOT met'}.",
+            common.flop_ratio_verdict(speedup, flop_ratio, GOAL),
         ]
     )
     print(text)

@@ -122,9 +122,7 @@ def main(argv):
                 ["variant", "tokens in last block", "GFLOP/step", "step (ms)"], body
             ),
             "",
-            f"Analytic FLOP ratio {flop_ratio:.2f}x; measured speedup {speedup:.2f}x (rounds: "
-            f"{', '.join(f'{x:.2f}' for x in per_round)}) = {speedup / flop_ratio:.2f} of the FLOP "
-            f"ratio (goal >= {GOAL}): {'met' if speedup >= GOAL * flop_ratio else 'NOT met'}.",
+            common.flop_ratio_verdict(speedup, flop_ratio, GOAL, per_round),
         ]
     )
     print(text)

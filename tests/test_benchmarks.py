@@ -69,6 +69,17 @@ def test_train_step_vs_torch_prints_its_table():
     assert row[header.index("goal <= 0.8")] in ("met", "NOT met")
 
 
+def test_masked_speedup_prints_its_table():
+    args = ("--size=Ti", "--batch=2", "--steps=1", "--frames=4", "--resolution=64")
+    out = run_benchmark("masked_speedup", *args)
+    header, unmasked, masked = table(out)
+    assert header[:2] == ["variant", "tokens in encoder"]
+    # 4x64x64 clip, tubelets 2x16x16: 2 x 4 x 4 = 32 tokens; a 90% tube mask keeps 4 of them.
+    assert (unmasked[1], masked[1]) == ("32", "4")
+    assert float(masked[2]) < float(unmasked[2])  # fewer GFLOP per step
+    assert re.search(r"measured speedup [\d.]+x = [\d.]+ of the FLOP ratio", out)
+
+
 def test_tokenlearner_speedup_prints_its_table():
     out = run_benchmark("tokenlearner_speedup", "--tiny", "--rounds=1", "--steps=1")
     header, plain, learned = table(out)

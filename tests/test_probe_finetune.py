@@ -2,16 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from test_probe_checkpoint import TEST_PP, fresh_copy, tiny_run_config
+from test_probe_cli import probe_cli
 
 from vrl import api
 from vrl import config as config_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def finetune_probe(**kwargs):
@@ -61,23 +58,10 @@ def test_cli_fine_tunes_from_the_checkpoint_with_multi_view_testing(tmp_path):
     """With lr 0 the fine-tuned encoder must still be exactly the pretrained one: proof that
     the run started from the checkpoint. Evaluated every 2 steps and on 2 clips x 3 crops."""
     workdir = fresh_copy(tmp_path)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vrl.probe",
-            "--config=configs/probe/finetune.py:runlocal",
-            f"--config.checkpoint={workdir}",
-            "--config.label_sets=('motion',)",
-            "--config.probe.lr=0.0",
-            "--config.test_views=(2, 3)",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"},
-    )
+    result = probe_cli(
+        "configs/probe/finetune.py:runlocal", workdir, "--config.probe.lr=0.0",
+        "--config.test_views=(2, 3)",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "finetune_motion_pretrained" in result.stdout
     name = "finetune_motion_pretrained"
