@@ -46,7 +46,7 @@ class Encoder:
         self._embed = jax.jit(lambda v, x: self.module.pool(self._tokens_fn(v, x)))
 
     def _tokens_fn(self, variables, video):
-        x = layers.to_model_input(video, self.module.dtype)
+        x = layers.to_model_input(video, self.module)
         return self.module.apply(variables, x, train=False)
 
     def tokens(self, video: np.ndarray) -> np.ndarray:
@@ -164,7 +164,7 @@ def random_encoder_variables(objective: base.Objective, meta: dict):
 
     @jax.jit
     def init(rng):
-        x = layers.to_model_input(video, encoder.dtype)
+        x = layers.to_model_input(video, encoder)
         return nn.meta.unbox(encoder.init(rng, x, train=False))
 
     return init(state.init_key(meta["config"].get("seed", 0)))

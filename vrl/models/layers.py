@@ -19,23 +19,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# ImageNet statistics: the normalisation used by every published video SSL recipe we follow.
-MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
-STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
+# Per-channel statistics of the pixels a model was trained on: ImageNet's for every published
+# video SSL recipe we follow, Kinetics-400's for torchvision's video ResNets.
+PIXEL_STATS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
+}
+PixelNorm = Literal["imagenet", "kinetics"]
+MEAN_RGB = np.array(PIXEL_STATS["imagenet"][0], np.float32)
+STDDEV_RGB = np.array(PIXEL_STATS["imagenet"][1], np.float32)
 
 default_kernel_init = nn.initializers.lecun_normal()
 
 
-def to_model_input(video: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """uint8 (or [0, 1] float) video -> normalised `dtype` video, on device.
+def to_model_input(video: jax.Array, model: nn.Module) -> jax.Array:
+    """uint8 (or [0, 1] float) video -> the normalised input of `model`, in its dtype, on device.
 
     The pipeline ships uint8 to the accelerator (4x less host->device traffic) and this one
-    function turns it into model input, for training and probing alike.
+    function turns it into model input, for training and probing alike. The statistics are the
+    model's own (`model.pixel_norm`), so a converted published model sees what it was trained on.
     """
     if video.dtype == jnp.uint8:
         video = video.astype(jnp.float32) / 255.0
-    video = (video.astype(jnp.float32) - MEAN_RGB) / STDDEV_RGB
-    return video.astype(dtype)
+    mean, std = PIXEL_STATS[model.pixel_norm]
+    video = (video.astype(jnp.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return video.astype(model.dtype)
 
 
 def partitioned(init, axes: Sequence[str | None]):

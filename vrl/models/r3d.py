@@ -99,6 +99,8 @@ class R3D(nn.Module):
     depth: Literal[18, 34, 50, 101, 152] = 50
     width: float = 1.0
     conv_impl: layers.ConvImpl = "auto"
+    # Pixel statistics the input is normalised with (layers.to_model_input).
+    pixel_norm: layers.PixelNorm = "imagenet"
     dtype: Any = jnp.float32
 
     @nn.compact

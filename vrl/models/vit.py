@@ -290,6 +290,8 @@ class ViT(nn.Module):
     tokenlearner_tokens: int = 8
     tokenlearner_version: Literal["1.1", "1.0"] = "1.1"
     tokenfuser: bool = False
+    # Pixel statistics the input is normalised with (layers.to_model_input).
+    pixel_norm: layers.PixelNorm = "imagenet"
     dtype: Any = jnp.float32
 
     @nn.compact

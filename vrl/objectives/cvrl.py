@@ -64,7 +64,7 @@ class CVRL(base.Objective):
     def init(self, rng, batch):
         enc_rng, head_rng = jax.random.split(rng)
         video = _flatten_views(batch["video"])
-        x = layers.to_model_input(video, self.encoder.dtype)
+        x = layers.to_model_input(video, self.encoder)
         enc_vars = self.encoder.init(enc_rng, x, train=False)
         # The head is initialised on zeros of the right width, so the compiler can drop the
         # encoder's forward pass from the init program.
@@ -80,7 +80,7 @@ class CVRL(base.Objective):
     def loss(self, params, extra, batch, rng, train):
         video = batch["video"]  # [B, 2, T, H, W, 3]
         batch_size = video.shape[0]
-        x = layers.to_model_input(_flatten_views(video), self.encoder.dtype)
+        x = layers.to_model_input(_flatten_views(video), self.encoder)
         stats = extra["batch_stats"]
         mutable = ["batch_stats"] if train else []
         tokens, enc_state = self.encoder.apply(

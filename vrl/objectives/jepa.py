@@ -73,7 +73,7 @@ class _LatentPrediction(base.Objective):
 
     def init_online(self, rng, batch, target_dim: int):
         enc_rng, pred_rng = jax.random.split(rng)
-        x = layers.to_model_input(batch["video"], self.encoder.dtype)
+        x = layers.to_model_input(batch["video"], self.encoder)
         keep_idx, _ = masking.mask_sets(batch)[0]
         enc_vars = self.encoder.init(enc_rng, x, train=False, keep_idx=keep_idx)
         context = jnp.zeros((*keep_idx.shape, self.encoder.output_dim), self.encoder.dtype)
@@ -84,12 +84,13 @@ class _LatentPrediction(base.Objective):
         return {"encoder": enc_vars["params"], "predictor": pred_vars["params"]}
 
     @abc.abstractmethod
-    def targets(self, extra, x) -> jax.Array:
-        """Target features [B, N, D_target] of the full clip (no gradient)."""
+    def targets(self, extra, video) -> jax.Array:
+        """Target features [B, N, D_target] of the full clip (no gradient), from the raw
+        (uint8) `video`: the target network normalises it with its own pixel statistics."""
 
     def loss(self, params, extra, batch, rng, train):
-        x = layers.to_model_input(batch["video"], self.encoder.dtype)
-        targets = jax.lax.stop_gradient(self.targets(extra, x))
+        x = layers.to_model_input(batch["video"], self.encoder)
+        targets = jax.lax.stop_gradient(self.targets(extra, batch["video"]))
         if self.normalize_targets:
             targets = layer_norm_features(targets)
         grid = self.encoder.token_grid(*x.shape[1:4])
@@ -137,7 +138,8 @@ class VJEPA(_LatentPrediction):
         # The target starts as an exact copy of the online encoder.
         return params, {"target": jax.tree.map(jnp.copy, params["encoder"])}
 
-    def targets(self, extra, x):
+    def targets(self, extra, video):
+        x = layers.to_model_input(video, self.encoder)
         return self.encoder.apply({"params": extra["target"]}, x, train=False)
 
     def momentum(self, step):
@@ -193,7 +195,7 @@ class SALT(_LatentPrediction):
     def init(self, rng, batch):
         online_rng, teacher_rng = jax.random.split(rng)
         params = self.init_online(online_rng, batch, self.teacher.output_dim)
-        x = layers.to_model_input(batch["video"], self.encoder.dtype)
+        x = layers.to_model_input(batch["video"], self.teacher)
         # Placeholder of the right shapes; post_init replaces it with the saved teacher.
         teacher = self.teacher.init(teacher_rng, x, train=False)
         return params, {"teacher": teacher}
@@ -205,7 +207,8 @@ class SALT(_LatentPrediction):
         checkpoint.check_matches(loaded.variables, extra["teacher"], "the SALT teacher")
         return params, {**extra, "teacher": jax.device_get(loaded.variables)}
 
-    def targets(self, extra, x):
+    def targets(self, extra, video):
+        x = layers.to_model_input(video, self.teacher)
         return self.teacher.apply(extra["teacher"], x, train=False)
 
     def encoder_variables(self, params, extra, which="encoder"):

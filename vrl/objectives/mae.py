@@ -62,7 +62,7 @@ class VideoMAE(base.Objective):
 
     def init(self, rng, batch):
         enc_rng, dec_rng = jax.random.split(rng)
-        x = layers.to_model_input(batch["video"], self.encoder.dtype)
+        x = layers.to_model_input(batch["video"], self.encoder)
         keep_idx, _ = masking.mask_sets(batch)[0]
         enc_vars = self.encoder.init(enc_rng, x, train=False, keep_idx=keep_idx)
         visible = jnp.zeros((*keep_idx.shape, self.encoder.output_dim), self.encoder.dtype)
@@ -71,7 +71,7 @@ class VideoMAE(base.Objective):
 
     def loss(self, params, extra, batch, rng, train):
         video = batch["video"]
-        x = layers.to_model_input(video, self.encoder.dtype)
+        x = layers.to_model_input(video, self.encoder)
         targets = tubelet_targets(video, self.encoder.patch, self.norm_pix_loss)
         grid = self._grid(x)
         losses = []

@@ -88,7 +88,7 @@ class Supervised(base.Objective):
 
     def init(self, rng, batch):
         enc_rng, head_rng = jax.random.split(rng)
-        x = layers.to_model_input(batch["video"], self.encoder.dtype)
+        x = layers.to_model_input(batch["video"], self.encoder)
         enc_vars = self.encoder.init(enc_rng, x, train=False)
         features = jnp.zeros((2, self.encoder.output_dim), self.encoder.dtype)
         head_vars = self.head.init(head_rng, features, train=False)
@@ -118,7 +118,7 @@ class Supervised(base.Objective):
         return params, extra
 
     def logits(self, params, extra, video, rng, train):
-        x = layers.to_model_input(video, self.encoder.dtype)
+        x = layers.to_model_input(video, self.encoder)
         stats = extra["batch_stats"]["encoder"]
         variables = {"params": params["encoder"], **({"batch_stats": stats} if stats else {})}
         rngs = {"dropout": rng}

@@ -172,15 +172,13 @@ class FinetuneProbe:
 
 def make_forward(objective):
     """Jitted (batch -> view-averaged probabilities, pooled features, labels, valid flags)."""
-    dtype = objective.encoder.dtype
-
     @jax.jit
     def forward(params, extra, batch):
         video = batch["video"]
         if video.ndim == 5:
             video = video[:, None]
         b, v = video.shape[:2]
-        x = layers.to_model_input(video.reshape(b * v, *video.shape[2:]), dtype)
+        x = layers.to_model_input(video.reshape(b * v, *video.shape[2:]), objective.encoder)
         variables = objective.encoder_variables(params, extra)
         features = objective.encoder.pool(objective.encoder.apply(variables, x, train=False))
         logits = objective.head.apply({"params": params["head"]}, features, train=False)
