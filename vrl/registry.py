@@ -19,6 +19,7 @@ _MODULES = {
         "vrl.objectives.mae",
         "vrl.objectives.jepa",
         "vrl.objectives.supervised",
+        "vrl.objectives.encoder_only",
     ),
     "source": ("vrl.data.synthetic", "vrl.data.sources"),
     "transform": ("vrl.data.temporal", "vrl.data.spatial", "vrl.data.masks"),
