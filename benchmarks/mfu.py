@@ -2,7 +2,7 @@
 
     python -m benchmarks.mfu                 # full sizes, bf16, on the default device
     python -m benchmarks.mfu --tiny          # tiny sizes: checks the script on a CPU
-    python -m benchmarks.mfu --cases=vit_b_supervised,r3d50_cvrl --steps=10
+    python -m benchmarks.mfu --cases=vit_b_supervised,cvrl_r3d50 --steps=10
 
 Each case times vrl's own jitted train step (`vrl.state.make_train_step`: forward, backward,
 AdamW, EMA) on a batch that lives on the device, and prints one table: step time, clips/s,
@@ -54,8 +54,8 @@ CASES = {
     ),
     "vjepa_l": dict(model=VIT_L, objective={"name": "vjepa"}, batch=24),
     "salt_l_teacher_b": dict(model=VIT_L, objective={"name": "salt"}, teacher=VIT_B, batch=24),
-    "r3d50_cvrl": dict(
-        model={"name": "r3d", "depth": 50}, objective={"name": "cvrl"}, views=2, batch=16
+    "cvrl_r3d50": dict(
+        model={"name": "cvrl_r3d", "depth": 50}, objective={"name": "cvrl"}, views=2, batch=16
     ),
 }
 TINY_VIT = {"width": 32, "depth": 2, "heads": 2, "patch": (2, 8, 8)}

@@ -1,6 +1,6 @@
 """vrl's jitted train step against the same model trained plainly in PyTorch, on this machine.
 
-    python -m benchmarks.train_step_vs_torch [--cases=vit_s,r3d18] [--steps=5] [--record]
+    python -m benchmarks.train_step_vs_torch [--cases=vit_s,cvrl_r3d18] [--steps=5] [--record]
     python -m benchmarks.train_step_vs_torch --threads=1      # per-core efficiency, load-proof
     python -m benchmarks.train_step_vs_torch --tiny --steps=1    # a quick check of the script
 
@@ -44,7 +44,7 @@ except ImportError as error:
         "pip install -r benchmarks/requirements.txt"
     ) from error
 
-_CASES = flags.DEFINE_list("cases", ["vit_s", "r3d18"], "Cases to run: vit_s, r3d18.")
+_CASES = flags.DEFINE_list("cases", ["vit_s", "cvrl_r3d18"], "Cases to run: vit_s, cvrl_r3d18.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per framework (after one warm-up step).")
 _THREADS = flags.DEFINE_integer("threads", None, "Threads for both: the cores (default) or 1.")
 _TINY = flags.DEFINE_bool("tiny", False, "Tiny models and clips: a quick check of the script.")
@@ -60,7 +60,7 @@ CASES = {
         batch=8,
         tiny={"width": 32, "depth": 2, "heads": 2, "patch": (2, 8, 8)},
     ),
-    "r3d18": dict(model={"name": "r3d", "depth": 18}, batch=4, tiny={"width": 0.125}),
+    "cvrl_r3d18": dict(model={"name": "cvrl_r3d", "depth": 18}, batch=4, tiny={"width": 0.125}),
 }
 
 
@@ -128,7 +128,8 @@ class TorchBasicBlock(tnn.Module):
 
 
 class TorchR3D18(tnn.Module):
-    """CVRL's R3D-18: 5x7x7 stem, 1x3x3 max pool, temporal kernels 1, 1, 3, 3 per stage."""
+    """CVRL R3D-18 (not torchvision's r3d_18): 5x7x7 stem, 1x3x3 max pool, temporal kernels
+    1, 1, 3, 3 per stage."""
 
     def __init__(self, width: float, classes: int):
         super().__init__()

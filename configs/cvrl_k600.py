@@ -1,4 +1,4 @@
-"""CVRL on Kinetics-600 with R3D-50, as published (Qian et al., CVPR 2021).
+"""CVRL on Kinetics-600 with CVRL R3D-50, as published (Qian et al., CVPR 2021).
 
     python -m vrl.main --config=configs/cvrl_k600.py --workdir=gs://bucket/cvrl_k600
     python -m vrl.main --config=configs/cvrl_k600.py:runlocal --workdir=/tmp/cvrl  # a minute
@@ -39,7 +39,7 @@ def get_config(arg=None):
         test_pp="center_clip(frames=32, stride=2)|resize_short(size=256)|center_crop(size=224)",
         num_workers=16,
     )
-    c.model = defaults("model", "r3d", depth=50, width=1.0)
+    c.model = defaults("model", "cvrl_r3d", depth=50, width=1.0)
     c.objective = defaults(
         "objective", "cvrl", temperature=0.1, head_hidden=2048, head_layers=3, head_out=128
     )

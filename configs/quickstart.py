@@ -1,4 +1,4 @@
-"""CPU quickstart: CVRL with a small R3D on the built-in synthetic motion dataset, then probes.
+"""CPU quickstart: CVRL with a narrow CVRL R3D-18 on the synthetic motion dataset, then probes.
 
     python -m vrl.main --config=configs/quickstart.py --workdir=runs/quickstart
 
@@ -40,7 +40,7 @@ def get_config(arg=None):
         test_pp="center_clip(frames=8, stride=1)",
         num_workers=0,
     )
-    c.model = defaults("model", "r3d", depth=18, width=0.125)
+    c.model = defaults("model", "cvrl_r3d", depth=18, width=0.125)
     c.objective = defaults(
         "objective", "cvrl", temperature=0.5, head_hidden=256, head_layers=2, head_out=64
     )

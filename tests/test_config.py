@@ -12,6 +12,8 @@ from vrl.data import pipeline
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
+UNKNOWN_MODEL = "config.model.name: unknown model 'r4d'; allowed: cvrl_r3d, r3d, video_resnet, vit"
+
 
 def base_config() -> dict:
     return {
@@ -21,7 +23,7 @@ def base_config() -> dict:
             "batch_size": 8,
             "train_pp": "cvrl_clips(frames=4, stride=2)|random_resized_crop(size=32)",
         },
-        "model": {"name": "r3d", "depth": 18, "width": 0.125},
+        "model": {"name": "cvrl_r3d", "depth": 18, "width": 0.125},
         "objective": {"name": "cvrl"},
         "optim": {"name": "adamw", "lr": 1e-3},
     }
@@ -48,7 +50,7 @@ def with_change(path: str, value) -> dict:
             "adam",
             "config.optim.name: 'adam' is not allowed; allowed: 'sgd', 'lars', 'adamw'",
         ),
-        ("model.name", "r4d", "config.model.name: unknown model 'r4d'; allowed: r3d, vit"),
+        ("model.name", "r4d", UNKNOWN_MODEL),
         ("model.depth", 19, "config.model.depth: 19 is not allowed; allowed: 18, 34, 50, 101, 152"),
         ("model.widht", 1.0, "config.model.widht: unknown key; allowed:"),
         ("objective.name", "simclr", "config.objective.name: unknown objective 'simclr'; allowed:"),
@@ -112,6 +114,15 @@ def test_parse_arg():
         config_lib.parse_arg("sizes=S", size="B")
 
 
+def test_parse_arg_refuses_values_it_cannot_read():
+    assert config_lib.parse_arg("runlocal=off", runlocal=True).runlocal is False
+    assert config_lib.parse_arg("runlocal=ON", runlocal=False).runlocal is True
+    with pytest.raises(config_lib.ConfigError, match="runlocal='maybe': not a boolean; allowed"):
+        config_lib.parse_arg("runlocal=maybe", runlocal=False)
+    with pytest.raises(config_lib.ConfigError, match="tokens='abc': expected int"):
+        config_lib.parse_arg("tokens=abc", tokens=8)
+
+
 def test_command_line_prints_one_line_and_exits_2(tmp_path):
     result = subprocess.run(
         [
@@ -130,4 +141,4 @@ def test_command_line_prints_one_line_and_exits_2(tmp_path):
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("config error:")]
-    assert errors == ["config error: config.model.name: unknown model 'r4d'; allowed: r3d, vit"]
+    assert errors == [f"config error: {UNKNOWN_MODEL}"]

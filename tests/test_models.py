@@ -1,4 +1,5 @@
-"""Encoders (R3D, ViT) and heads: parameter counts, equivalences, shapes, sharded execution."""
+"""Encoders (CVRL R3D, torchvision video ResNets, ViT) and heads: parameter counts, equivalences,
+shapes, sharded execution."""
 
 import flax.linen as nn
 import jax
@@ -10,7 +11,9 @@ from vrl import config as vrl_config
 from vrl import sharding
 from vrl.models import heads, layers
 from vrl.models.r3d import R3D
+from vrl.models.video_resnet import VideoResNet
 from vrl.models.vit import Block, TubeletEmbed, ViT, sincos_posemb_3d
+from vrl.objectives import base
 
 TINY_VIT = dict(size="Ti", width=32, depth=2, heads=2, patch=(2, 4, 4))
 
@@ -54,6 +57,42 @@ def test_r3d50_has_cvrl_parameter_count_and_token_grid():
     t, h, w = model.token_grid(16, 224, 224)
     assert (t, h, w) == (8, 7, 7)
     assert tokens.shape == (2, t * h * w, model.output_dim) == (2, 392, 2048)
+
+
+# torchvision's published num_params (with the 400-class fc) and its fc's share.
+TORCHVISION_PARAMS = {"r3d_18": 33_371_472, "mc3_18": 11_695_440, "r2plus1d_18": 31_505_325}
+FC_400 = 512 * 400 + 400
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_PARAMS))
+def test_video_resnet_has_torchvision_parameter_count_and_token_grid(arch):
+    """The literature's R3D-18 has 33.37M parameters with its head; CVRL R3D-18 20.06M."""
+    model = VideoResNet(arch=arch)
+    assert count_params(model, (1, 4, 32, 32, 3)) + FC_400 == TORCHVISION_PARAMS[arch]
+    clip = jax.ShapeDtypeStruct((2, 5, 33, 47, 3), jnp.float32)  # odd sizes round up
+    tokens = jax.eval_shape(
+        lambda v: model.init_with_output(jax.random.key(0), v, train=False)[0], clip
+    )
+    t, h, w = model.token_grid(5, 33, 47)
+    assert (h, w) == (3, 3) and t == (5 if arch == "mc3_18" else 1)
+    assert tokens.shape == (2, t * h * w, model.output_dim)
+    if arch == "r3d_18":
+        assert count_params(R3D(depth=18), (1, 4, 32, 32, 3)) == 20_061_504
+
+
+def test_conv3d_explicit_padding_is_symmetric_like_pytorch():
+    """Stride 2 on an even size: 'SAME' pads (0, 1), PyTorch's padding=1 pads (1, 1)."""
+    x = video(0, (1, 4, 8, 8, 3))
+    pads = ((1, 1), (1, 1), (1, 1))
+    conv = layers.Conv3D(4, (3, 3, 3), (2, 2, 2), padding=pads, impl="sum2d")
+    params = jit_init(conv, x, seed=1)
+    kernel = nn.unbox(params)["params"]["kernel"]
+    expected = jax.lax.conv_general_dilated(
+        x, kernel, (2, 2, 2), pads, dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )
+    np.testing.assert_allclose(conv.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+    same = layers.Conv3D(4, (3, 3, 3), (2, 2, 2), impl="sum2d").apply(params, x)
+    assert same.shape == expected.shape and not np.allclose(same, expected, atol=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -210,11 +249,27 @@ def test_sincos_posemb_3d_rows_are_distinct_and_bounded():
 def test_models_are_configurable_by_name_with_checked_keys():
     model = vrl_config.component("model", {"name": "vit", "size": "S", "patch": [2, 8, 8]}, "m")
     assert model.patch == (2, 8, 8) and model.output_dim == 384
-    assert vrl_config.component("model", {"name": "r3d", "depth": 18}, "m").output_dim == 512
+    assert vrl_config.component("model", {"name": "cvrl_r3d", "depth": 18}, "m").output_dim == 512
     with pytest.raises(vrl_config.ConfigError, match="'Ti', 'S', 'B'"):
         vrl_config.component("model", {"name": "vit", "size": "XL"}, "m")
     with pytest.raises(vrl_config.ConfigError, match="18, 34, 50, 101, 152"):
-        vrl_config.component("model", {"name": "r3d", "depth": 42}, "m")
+        vrl_config.component("model", {"name": "cvrl_r3d", "depth": 42}, "m")
+
+
+def test_old_name_r3d_still_builds_cvrl_r3d():
+    """Runs saved before the rename say model.name='r3d': their configs build the same net."""
+    old = vrl_config.component("model", {"name": "r3d", "depth": 18, "width": 0.125}, "m")
+    new = vrl_config.component("model", {"name": "cvrl_r3d", "depth": 18, "width": 0.125}, "m")
+    assert type(old) is R3D and old == new
+    run = {
+        "model": {"name": "r3d", "depth": 18, "width": 0.125, "conv_impl": "auto"},
+        "objective": {"name": "supervised", "num_classes": 3},
+    }
+    objective = base.build(run)
+    assert objective.encoder == new
+    x = jax.ShapeDtypeStruct((2, 4, 32, 32, 3), jnp.uint8)
+    params, _ = jax.eval_shape(objective.init, jax.random.key(0), {"video": x})
+    assert params["encoder"]["stem"]["kernel"].value.shape == (5, 7, 7, 3, 8)
 
 
 def test_r3d_runs_sharded_with_global_batch_norm():
@@ -248,7 +303,7 @@ def test_r3d_runs_sharded_with_global_batch_norm():
 @pytest.mark.parametrize(
     "model",
     [ViT(**TINY_VIT, dtype=jnp.bfloat16), R3D(depth=18, width=0.125, dtype=jnp.bfloat16)],
-    ids=["vit", "r3d"],
+    ids=["vit", "cvrl_r3d"],
 )
 def test_compute_dtype_leaves_parameters_float32(model):
     clip = jax.ShapeDtypeStruct((2, 4, 32, 32, 3), jnp.float32)

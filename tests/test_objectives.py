@@ -111,8 +111,8 @@ def test_salt_without_teacher_is_a_config_error():
         train.setup(config)
 
 
-def test_masked_objective_rejects_r3d():
+def test_masked_objective_rejects_cvrl_r3d():
     config = config_lib.to_dict(learning_config("videomae_vitb_k400.py", steps=1))
-    config["model"] = {"name": "r3d", "depth": 18, "width": 0.125}
+    config["model"] = {"name": "cvrl_r3d", "depth": 18, "width": 0.125}
     with pytest.raises(config_lib.ConfigError, match="needs an encoder that takes keep_idx"):
         train.train_and_evaluate(config, "/tmp/unused-vrl-run")

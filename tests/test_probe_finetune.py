@@ -47,7 +47,7 @@ def test_training_config_follows_the_videomae_recipe():
 
 
 def test_models_without_drop_path_fine_tune_without_it():
-    run = {**tiny_run_config(), "model": {"name": "r3d", "depth": 18, "width": 0.25}}
+    run = {**tiny_run_config(), "model": {"name": "cvrl_r3d", "depth": 18, "width": 0.25}}
     config = finetune_probe().training_config(
         "/runs/pre", 1, "encoder", run, run["data"], "motion", 8, TEST_PP
     )

@@ -166,8 +166,8 @@ def test_dimensions_that_do_not_divide_the_mesh_stay_whole(caplog):
     assert leaf(state.params, "encoder", "block0", "mlp", "fc1", "kernel").sharding.spec == P(
         "fsdp", "model"
     )
-    # The R3D layout from its abstract parameters only (compiling its init is slow on CPU).
-    objective, _, _ = supervised(model={"name": "r3d", "depth": 18, "width": 0.094})
+    # The CVRL R3D layout from its abstract parameters only (compiling its init is slow on CPU).
+    objective, _, _ = supervised(model={"name": "cvrl_r3d", "depth": 18, "width": 0.094})
     abstract, _ = jax.eval_shape(objective.init, jax.random.key(0), clips(2))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         shardings = sharding.logical_shardings(abstract, mesh, rules)

@@ -162,6 +162,13 @@ def _show(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) < 60 else text[:57] + '...'}"
 
 
+# Spellings of a boolean config arg; anything else is an error (":runlocal=on" must not mean false).
+_BOOLEANS = {
+    **dict.fromkeys(("true", "1", "yes", "on"), True),
+    **dict.fromkeys(("false", "0", "no", "off"), False),
+}
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> types.SimpleNamespace:
     """big_vision-style config args: "runlocal,size=S" -> namespace(runlocal=True, size="S").
 
@@ -176,11 +183,20 @@ def parse_arg(arg: str | None, **defaults: Any) -> types.SimpleNamespace:
         if not raw:
             value = True
         elif isinstance(default, bool):
-            value = raw.lower() in ("1", "true", "yes")
+            if raw.lower() not in _BOOLEANS:
+                raise ConfigError(
+                    f"config arg {key}={raw!r}: not a boolean; allowed: {', '.join(_BOOLEANS)}"
+                )
+            value = _BOOLEANS[raw.lower()]
         elif default is None:
             value = raw
         else:
-            value = type(default)(raw)
+            try:
+                value = type(default)(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"config arg {key}={raw!r}: expected {type(default).__name__}"
+                ) from None
         values[key] = value
     return types.SimpleNamespace(**values)
 

@@ -13,7 +13,7 @@ KINDS = ("model", "objective", "source", "transform", "probe")
 
 # Modules that hold the registrations of each kind, imported lazily by `get` and `names`.
 _MODULES = {
-    "model": ("vrl.models.r3d", "vrl.models.vit"),
+    "model": ("vrl.models.r3d", "vrl.models.video_resnet", "vrl.models.vit"),
     "objective": (
         "vrl.objectives.cvrl",
         "vrl.objectives.mae",
@@ -38,7 +38,7 @@ class UnknownNameError(KeyError):
 
 
 def register(kind: str, name: str) -> Callable[[Any], Any]:
-    """Decorator: `@register("model", "r3d")` on a class or factory function."""
+    """Decorator: `@register("model", "cvrl_r3d")` on a class or factory function."""
     _check_kind(kind)
 
     def decorate(obj):

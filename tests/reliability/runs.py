@@ -9,6 +9,7 @@ import atexit
 import functools
 import hashlib
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -140,15 +141,29 @@ class Run:
         return "\n".join(self.output().splitlines()[-lines:])
 
     def until(self, condition, timeout: float = LAUNCH_TIMEOUT_S, poll_s: float = 0.002) -> None:
-        """Polls `condition()` until true; fails if the process ends first or time runs out."""
+        """Polls `condition()` until true; fails if the process ends first or time runs out.
+
+        An ended process may have printed its last lines after the previous poll: they are
+        copied to the log before the condition is given up on, so no event is missed.
+        """
         deadline = time.monotonic() + timeout
         while not condition():
             if not self.running():
+                self._copier.join()
+                if condition():
+                    return
                 code = self.proc.returncode
                 raise AssertionError(f"run ended (code {code}) first:\n{self.tail()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"condition not reached in {timeout} s:\n{self.tail()}")
             time.sleep(poll_s)
+
+
+def seed(variable: str, default: int) -> int:
+    """The seed of a randomised test: fixed (`default`) unless the environment variable gives
+    one, or says "random" for a fresh one (printed by the test, to rerun a failure)."""
+    value = os.environ.get(variable, str(default))
+    return random.SystemRandom().randrange(2**32) if value == "random" else int(value)
 
 
 def finish(workdir: str, *overrides: str, steps: int = STEPS, **kwargs) -> Run:

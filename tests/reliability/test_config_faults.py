@@ -144,9 +144,9 @@ CASES = [
     ),
     (
         "masked objective on a convolutional backbone",
-        {**MASKED, "model": {"name": "r3d", "depth": 18, "width": 0.125}},
+        {**MASKED, "model": {"name": "cvrl_r3d", "depth": 18, "width": 0.125}},
         "config.objective (videomae) needs an encoder that takes keep_idx (vit); "
-        "got config.model.name='r3d'",
+        "got config.model.name='cvrl_r3d'",
     ),
     (
         "contrastive objective with one view",

@@ -11,7 +11,6 @@ At least one kill lands during a save, and the test checks it did (the torn dire
 there after the kill, and the next run names it in its log).
 """
 
-import os
 import random
 import signal
 import time
@@ -69,7 +68,7 @@ def kill_at(run: runs.Run, kind: str, step: int, rng: random.Random) -> dict:
 
 @pytest.mark.slow
 def test_five_random_sigkills_resume_bit_identical(tmp_path):
-    seed = int(os.environ.get("VRL_KILL_SEED", random.SystemRandom().randrange(2**32)))
+    seed = runs.seed("VRL_KILL_SEED", 0)
     print(f"kill seed {seed}")
     rng = random.Random(seed)
     plan = kill_plan(rng)

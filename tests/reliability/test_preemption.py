@@ -53,7 +53,7 @@ def preempt(workdir: str, when: str, rng: random.Random) -> dict:
 
 @pytest.mark.slow
 def test_sigterm_at_random_times_saves_the_step_reached_and_exits_0(tmp_path):
-    seed = int(os.environ.get("VRL_TERM_SEED", random.SystemRandom().randrange(2**32)))
+    seed = runs.seed("VRL_TERM_SEED", 0)
     print(f"sigterm seed {seed}")
     rng = random.Random(seed)
     version = runs.code_version()

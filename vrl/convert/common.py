@@ -8,6 +8,7 @@ builds) and writes an ordinary run directory: an Orbax checkpoint at step 0 with
 config, which every probe, `api.load_encoder`, fine-tuning and SALT read unchanged.
 """
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Callable, Mapping
@@ -41,7 +42,10 @@ def _torch_load(path: Path) -> Mapping:
             f"{path}: reading PyTorch files needs torch (pip install torch); "
             "safetensors files do not"
         ) from None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # Training checkpoints of the reference repositories pickle their argparse arguments next
+    # to the weights; those are allowed, anything else executable is refused (weights_only).
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -174,7 +178,8 @@ class Converted:
     `clip` is (frames, height, width) of the clips the checkpoint was trained on (it sizes the
     init batch; other clip sizes still load); `params` / `extra` are nested dicts of numpy
     arrays as the objective names them; `mapping` lists (source key, vrl path, shape) for
-    `--dry_run`.
+    `--dry_run`. `data` overrides keys of `config.data` (by default the clips are centre
+    clips of `clip`'s size at frame stride 2, so probes see what the model was trained on).
     """
 
     model: dict
@@ -183,6 +188,7 @@ class Converted:
     params: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
     mapping: list[tuple[str, str, tuple]] = dataclasses.field(default_factory=list)
+    data: dict = dataclasses.field(default_factory=dict)
 
     def put(self, path: str, value: np.ndarray, source: str = "") -> None:
         """Places `value` at "params/encoder/block0/..." or "extra/target/..."."""
@@ -209,6 +215,16 @@ def run_config(converted: Converted, note: str) -> dict:
     objective = dict(converted.objective)
     c.model = config_lib.defaults("model", model.pop("name"), **model)
     c.objective = config_lib.defaults("objective", objective.pop("name"), **objective)
+    frames, size = converted.clip[0], min(converted.clip[1:])
+    c.data.update(
+        {
+            "train_pp": f"uniform_clip(frames={frames}, stride=2)"
+            f"|random_resized_crop(size={size})|flip",
+            "test_pp": f"center_clip(frames={frames}, stride=2)|resize_short(size={size})"
+            f"|center_crop(size={size})",
+            **converted.data,
+        }
+    )
     out = config_lib.to_dict(c)
     out["converted_from"] = note
     return out
@@ -221,15 +237,16 @@ def init_batch(objective: base.Objective, clip: tuple[int, int, int]) -> dict[st
     examples = []
     for _ in range(2):
         example = {"video": np.zeros((frames, height, width, 3), np.uint8)}
-        for op in objective.batch_ops(base.ClipSpec(frames, height, width)):
+        for _, op in objective.batch_ops(base.ClipSpec(frames, height, width)):  # (stage, op)
             example = op(example, rng)
         examples.append(example)
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def check(converted: Converted, tensors: Tensors, objective: base.Objective, batch: dict) -> None:
+def check(converted: Converted, tensors: Tensors, objective: base.Objective, batch: dict):
     """Raises ConversionError listing every unused source tensor and every missing, unexpected
-    or reshaped vrl parameter (what strict loading would refuse)."""
+    or reshaped vrl parameter (what strict loading would refuse); returns the (params, extra)
+    shapes the objective builds."""
     shapes = jax.eval_shape(lambda r: nn.meta.unbox(objective.init(r, batch)), jax.random.key(0))
     problems = [f"unused source tensor {key}" for key in tensors.unused()]
     for name, built, expected in (
@@ -245,6 +262,16 @@ def check(converted: Converted, tensors: Tensors, objective: base.Objective, bat
             f"{tensors.source}: cannot convert without losing or inventing weights "
             f"({len(problems)} problems): " + "; ".join(problems)
         )
+    return shapes
+
+
+def _in_structure(expected, built):
+    """`built` laid out as `expected`, empty sub-trees included (e.g. {"batch_stats":
+    {"encoder": {}}} of a model without batch norm), so a restore finds the tree it asks for."""
+    if isinstance(expected, Mapping):
+        built = built if isinstance(built, Mapping) else {}
+        return {key: _in_structure(value, built.get(key, {})) for key, value in expected.items()}
+    return built
 
 
 def write_run(converted: Converted, tensors: Tensors, workdir: str, note: str) -> dict:
@@ -252,7 +279,7 @@ def write_run(converted: Converted, tensors: Tensors, workdir: str, note: str) -
     config = run_config(converted, note)
     objective = base.build(config)
     batch = init_batch(objective, converted.clip)
-    check(converted, tensors, objective, batch)
+    shapes = check(converted, tensors, objective, batch)
     if ckpt_lib.complete_steps(workdir):
         raise ConversionError(
             f"{ckpt_lib.directory(workdir)} already holds checkpoints; convert into a new --workdir"
@@ -260,8 +287,8 @@ def write_run(converted: Converted, tensors: Tensors, workdir: str, note: str) -
     as_f32 = lambda a: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
     state = {
         "step": np.zeros((), np.int32),
-        "params": jax.tree.map(as_f32, converted.params),
-        "extra": jax.tree.map(as_f32, converted.extra),
+        "params": jax.tree.map(as_f32, _in_structure(shapes[0], converted.params)),
+        "extra": jax.tree.map(as_f32, _in_structure(shapes[1], converted.extra)),
     }
     meta = {"config": config, "init_batch": state_lib.batch_spec(batch)}
     mngr = ckpt_lib.manager(workdir, ckpt_lib.CheckpointConfig(async_save=False))
@@ -285,7 +312,7 @@ def format_mapping(converted: Converted, tensors: Tensors) -> str:
         for src, path, shape in converted.mapping
     ]
     lines += [
-        f"{key:<{width}}  ->  (ignored: recomputed by vrl)"
+        f"{key:<{width}}  ->  (ignored: not a parameter vrl uses)"
         for key in sorted(
             set(tensors.keys()) - set(tensors.unused()) - {s for s, _, _ in converted.mapping}
         )

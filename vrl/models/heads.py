@@ -7,17 +7,26 @@
 
 The decoder and predictor share one idea: scatter the encoder's kept tokens back to their grid
 positions, fill every other position with a learned mask token, add fixed 3-D sine-cosine
-positions and run narrow transformer blocks.
+positions and run narrow transformer blocks. The predictor can instead follow the released
+V-JEPA code exactly (`target_idx`): mask tokens only at the target positions.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vrl.models import layers
-from vrl.models.vit import Attention, Mlp, block_class, sincos_posemb_3d
+from vrl.models.vit import (
+    Attention,
+    Mlp,
+    QkvBias,
+    block_class,
+    rope_positions,
+    sincos_posemb_1d,
+    sincos_posemb_3d,
+)
 
 TOKEN_AXES = ("batch", "length", "act_embed")
 
@@ -62,43 +71,135 @@ class _MaskedSequenceTransformer(nn.Module):
     depth: int
     heads: int
     mlp_ratio: int = 4
+    # VideoMAE parity options (see MAEDecoder); the defaults are vrl's own decoder.
+    mlp_dim: int | None = None
+    posemb: Literal["sincos", "sincos_1d"] = "sincos"
+    qkv_bias: QkvBias = "qkv"
+    ln_epsilon: float = 1e-6
+    norm_epsilon: float | None = None
+    embed_bias: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, tokens, keep_idx, grid, mask_token, train: bool) -> jax.Array:
         t, h, w = grid
         # Encoder width -> head width ("mlp" on the input side so no kernel repeats a name).
-        x = layers.dense(self.width, ("mlp", "embed"), dtype=self.dtype, name="embed")(tokens)
+        x = layers.dense(
+            self.width, ("mlp", "embed"), dtype=self.dtype, use_bias=self.embed_bias, name="embed"
+        )(tokens)
         x = scatter_tokens(x, keep_idx, mask_token, t * h * w)
-        x = x + jnp.asarray(sincos_posemb_3d(grid, self.width), x.dtype)
+        if self.posemb == "sincos_1d":
+            x = x + jnp.asarray(sincos_posemb_1d(t * h * w, self.width), x.dtype)
+        else:
+            x = x + jnp.asarray(sincos_posemb_3d(grid, self.width), x.dtype)
         x = layers.constrain(x, TOKEN_AXES)
         block = block_class()
+        mlp_dim = self.mlp_dim or self.mlp_ratio * self.width
         for i in range(self.depth):
-            x = block(self.heads, self.mlp_ratio * self.width, dtype=self.dtype, name=f"block{i}")(
-                x, train
-            )
-        return layers.layer_norm(dtype=self.dtype, name="norm")(x)
+            x = block(
+                self.heads,
+                mlp_dim,
+                qkv_bias=self.qkv_bias,
+                ln_epsilon=self.ln_epsilon,
+                dtype=self.dtype,
+                name=f"block{i}",
+            )(x, train)
+        epsilon = self.ln_epsilon if self.norm_epsilon is None else self.norm_epsilon
+        return layers.layer_norm(dtype=self.dtype, epsilon=epsilon, name="norm")(x)
 
 
-def _mask_token_param(module: nn.Module, name: str, shape: tuple[int, ...]) -> jax.Array:
+def _mask_token_param(
+    module: nn.Module, name: str, shape: tuple[int, ...], zero: bool = False
+) -> jax.Array:
     axes = ("unsharded",) * (len(shape) - 1) + ("embed",)
-    return module.param(name, layers.partitioned(nn.initializers.normal(0.02), axes), shape)
+    init = nn.initializers.zeros_init() if zero else nn.initializers.normal(0.02)
+    return module.param(name, layers.partitioned(init, axes), shape)
+
+
+class _ContextTargetTransformer(nn.Module):
+    """V-JEPA's predictor body: [context tokens; mask tokens at the target positions] -> blocks.
+
+    Only the K context and M target tokens enter attention (as in jepa / vjepa2 / HF
+    `VJEPA2Predictor`), each with its own position: a sine-cosine table added to both kinds of
+    token, or RoPE inside attention. Returns the normalised target tokens [B, M, width].
+    Submodule names match `_MaskedSequenceTransformer`, so both read the same parameters.
+    """
+
+    width: int
+    depth: int
+    heads: int
+    mlp_ratio: int = 4
+    posemb: Literal["sincos", "sincos_uniform", "none"] = "sincos"
+    rope: bool = False
+    ln_epsilon: float = 1e-6
+    qkv_bias: QkvBias = "qkv"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens, keep_idx, target_idx, grid, mask_token, train: bool) -> jax.Array:
+        x = layers.dense(self.width, ("mlp", "embed"), dtype=self.dtype, name="embed")(tokens)
+        batch, kept, _ = x.shape
+        queries = jnp.broadcast_to(
+            mask_token.astype(x.dtype), (batch, target_idx.shape[1], self.width)
+        )
+        if self.posemb != "none":
+            table = sincos_posemb_3d(grid, self.width, self.posemb == "sincos_uniform")
+            table = jnp.asarray(table, x.dtype)
+            x, queries = x + table[keep_idx], queries + table[target_idx]
+        x = layers.constrain(jnp.concatenate([x, queries], axis=1), TOKEN_AXES)
+        positions = None
+        if self.rope:
+            positions = rope_positions(grid, jnp.concatenate([keep_idx, target_idx], axis=1))
+        block = block_class()
+        for i in range(self.depth):
+            x = block(
+                self.heads,
+                self.mlp_ratio * self.width,
+                qkv_bias=self.qkv_bias,
+                ln_epsilon=self.ln_epsilon,
+                dtype=self.dtype,
+                name=f"block{i}",
+            )(x, train, positions)
+        x = layers.layer_norm(dtype=self.dtype, epsilon=self.ln_epsilon, name="norm")(x)
+        return x[:, kept:]
 
 
 class MAEDecoder(nn.Module):
-    """VideoMAE decoder: predictions [B, N, patch_dim] of every tubelet's pixels."""
+    """VideoMAE decoder: predictions [B, N, patch_dim] of every tubelet's pixels.
+
+    The published decoders differ from vrl's default in ways that change outputs, so each is an
+    option: VideoMAE's 1-D position table (`posemb="sincos_1d"`), q/v-only biases
+    (`qkv_bias="qv"`), the blocks' and the final norm's LayerNorm epsilons (Hugging Face uses
+    1e-12 and 1e-5), a bias-free `encoder_to_decoder` (`embed_bias=False`) and the MLP width.
+    """
 
     width: int = 384
     depth: int = 4
     heads: int = 6
     patch_dim: int = 2 * 16 * 16 * 3
+    mlp_dim: int | None = None  # None: 4 * width
+    posemb: Literal["sincos", "sincos_1d"] = "sincos"
+    qkv_bias: QkvBias = "qkv"
+    ln_epsilon: float = 1e-6
+    norm_epsilon: float | None = None  # None: ln_epsilon
+    embed_bias: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, visible_tokens, keep_idx, grid, *, train: bool) -> jax.Array:
         mask_token = _mask_token_param(self, "mask_token", (self.width,))
         x = _MaskedSequenceTransformer(
-            self.width, self.depth, self.heads, dtype=self.dtype, name="transformer"
+            self.width,
+            self.depth,
+            self.heads,
+            mlp_dim=self.mlp_dim,
+            posemb=self.posemb,
+            qkv_bias=self.qkv_bias,
+            ln_epsilon=self.ln_epsilon,
+            norm_epsilon=self.norm_epsilon,
+            embed_bias=self.embed_bias,
+            dtype=self.dtype,
+            name="transformer",
         )(visible_tokens, keep_idx, tuple(grid), mask_token, train)
         return layers.dense(
             self.patch_dim, ("embed", "unsharded"), dtype=self.dtype, name="pixels"
@@ -106,10 +207,14 @@ class MAEDecoder(nn.Module):
 
 
 class JEPAPredictor(nn.Module):
-    """V-JEPA predictor: features [B, N, out_dim] predicted for every position.
+    """V-JEPA predictor: features [B, N, out_dim] predicted for every position, or, given
+    `target_idx` [B, M], [B, M, out_dim] for those positions only, as the reference does.
 
     One learned mask token per mask type (e.g. short- and long-range blocks), chosen by
-    `mask_type`.
+    `mask_type`. Without `target_idx` every non-context position holds a mask token (vrl's
+    original predictor); with it only the targets do (jepa / vjepa2), and `posemb` ("sincos",
+    V-JEPA's "sincos_uniform" or "none"), `rope` (V-JEPA 2), `ln_epsilon` and `qkv_bias`
+    apply. `zero_mask_tokens`: the references start mask tokens at zero.
     """
 
     width: int = 384
@@ -117,15 +222,44 @@ class JEPAPredictor(nn.Module):
     heads: int = 12
     out_dim: int = 768
     num_mask_types: int = 1
+    posemb: Literal["sincos", "sincos_uniform", "none"] = "sincos"
+    rope: bool = False
+    ln_epsilon: float = 1e-6
+    qkv_bias: QkvBias = "qkv"
+    zero_mask_tokens: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, context_tokens, keep_idx, grid, *, mask_type: int, train: bool):
+    def __call__(
+        self, context_tokens, keep_idx, grid, *, mask_type: int, train: bool, target_idx=None
+    ):
         if isinstance(mask_type, int) and not 0 <= mask_type < self.num_mask_types:
             raise ValueError(
                 f"mask_type={mask_type} is out of range for num_mask_types={self.num_mask_types}"
             )
-        mask_tokens = _mask_token_param(self, "mask_tokens", (self.num_mask_types, self.width))
+        mask_tokens = _mask_token_param(
+            self, "mask_tokens", (self.num_mask_types, self.width), self.zero_mask_tokens
+        )
+        if target_idx is not None:
+            x = _ContextTargetTransformer(
+                self.width,
+                self.depth,
+                self.heads,
+                posemb=self.posemb,
+                rope=self.rope,
+                ln_epsilon=self.ln_epsilon,
+                qkv_bias=self.qkv_bias,
+                dtype=self.dtype,
+                name="transformer",
+            )(context_tokens, keep_idx, target_idx, tuple(grid), mask_tokens[mask_type], train)
+            return layers.dense(self.out_dim, ("embed", "mlp"), dtype=self.dtype, name="output")(x)
+        reference_only = (self.posemb, self.rope, self.ln_epsilon, self.qkv_bias)
+        if reference_only != ("sincos", False, 1e-6, "qkv"):
+            raise ValueError(
+                f"JEPAPredictor posemb={self.posemb!r}, rope={self.rope}, ln_epsilon="
+                f"{self.ln_epsilon}, qkv_bias={self.qkv_bias!r} need target_idx (objective "
+                "predictor_targets='targets_only')"
+            )
         x = _MaskedSequenceTransformer(
             self.width, self.depth, self.heads, dtype=self.dtype, name="transformer"
         )(context_tokens, keep_idx, tuple(grid), mask_tokens[mask_type], train)

@@ -200,15 +200,18 @@ CONV3D_FUNCTIONS = {"native": conv3d_native, "sum2d": conv3d_sum2d, "im2col": co
 
 
 class Conv3D(nn.Module):
-    """'SAME'-padded 3-D convolution with one parameter layout for every implementation.
+    """3-D convolution with one parameter layout for every implementation.
 
     `impl` only changes how XLA is asked to compute it (see `resolve_conv_impl`), so
-    checkpoints move freely between a CPU run and an accelerator run.
+    checkpoints move freely between a CPU run and an accelerator run. `padding` is "SAME" or
+    explicit (low, high) pairs per (t, h, w): PyTorch pads symmetrically, while XLA's "SAME"
+    puts the odd pixel at the end (a stride-2 conv on an even size), so ported nets pass pairs.
     """
 
     features: int
     kernel_size: tuple[int, int, int]
     strides: tuple[int, int, int] = (1, 1, 1)
+    padding: str | tuple[tuple[int, int], ...] = "SAME"
     use_bias: bool = False
     impl: ConvImpl = "auto"
     dtype: Any = jnp.float32
@@ -225,8 +228,16 @@ class Conv3D(nn.Module):
             jnp.float32,
         )
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        pads = jax.lax.padtype_to_pads(x.shape[1:4], self.kernel_size, self.strides, "SAME")
-        out_hw = [-(-n // s) for n, s in zip(x.shape[2:4], self.strides[1:])]
+        if isinstance(self.padding, str):
+            pads = jax.lax.padtype_to_pads(x.shape[1:4], self.kernel_size, self.strides, "SAME")
+        else:
+            pads = [tuple(p) for p in self.padding]
+        out_hw = [
+            _out_size(n + lo + hi, k, s)
+            for n, (lo, hi), k, s in zip(
+                x.shape[2:4], pads[1:], self.kernel_size[1:], self.strides[1:]
+            )
+        ]
         impl = resolve_conv_impl(self.impl, self.kernel_size, out_hw)
         y = CONV3D_FUNCTIONS[impl](x, kernel, self.strides, pads)
         if self.use_bias:

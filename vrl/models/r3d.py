@@ -1,10 +1,18 @@
-"""3-D ResNets in the CVRL layout (Qian et al. 2021): R3D-18/34/50/101/152 with a width multiplier.
+"""3-D ResNets in the CVRL layout (Qian et al. 2021): model `cvrl_r3d`, "CVRL R3D-18/34/50/
+101/152", with a width multiplier (`r3d` is the same model's old name, kept so that saved
+configs still load).
 
 The stem is a 5x7x7 convolution with temporal and spatial stride 2 followed by a 1x3x3 max
 pool; res2/res3 use temporal kernel 1 and res4/res5 temporal kernel 3 in the first convolution
-of every block, so early layers see single frames and late layers mix time. R3D-50 has about
-31.7M parameters without a head. Output tokens are the final feature map flattened to
+of every block, so early layers see single frames and late layers mix time. CVRL R3D-50 has
+about 31.7M parameters without a head. Output tokens are the final feature map flattened to
 [B, t*h*w, C] so that every objective and probe treats CNNs and ViTs alike.
+
+This is not the literature's "R3D-18" (Tran et al. 2018, torchvision's r3d_18, model
+`video_resnet`): that net uses full 3x3x3 kernels in every block, a 3x7x7 stem without temporal
+stride and no max pool, and has 33.17M parameters without its classifier (33.37M with the
+400-class fc), while CVRL R3D-18 has 20.1M (temporal kernels 1 in res2/res3, 1x3x3 second
+convs). Compare numbers across the two only by these names.
 """
 
 import math
@@ -87,9 +95,10 @@ def _shortcut(x: jax.Array, features: int, stride: int, train: bool, conv: dict)
     return layers.batch_norm(train=train, dtype=conv["dtype"], name="projection_bn")(y)
 
 
-@registry.register("model", "r3d")
+@registry.register("model", "r3d")  # the old name: configs saved before the rename say it
+@registry.register("model", "cvrl_r3d")
 class R3D(nn.Module):
-    """CVRL's 3-D ResNet encoder.
+    """CVRL's 3-D ResNet encoder (not torchvision's r3d_18: see the module docstring).
 
     `width` multiplies every channel count (CVRL's R3D-152 2x uses 2.0). `conv_impl` picks how
     convolutions are computed ("auto": native on accelerators, the fastest CPU form per layer,
@@ -107,11 +116,11 @@ class R3D(nn.Module):
     def __call__(self, video: jax.Array, *, train: bool, keep_idx=None) -> jax.Array:
         if keep_idx is not None:
             raise ValueError(
-                "model r3d cannot drop tokens (keep_idx was given): a convolutional encoder sees "
-                "the whole clip; use a masked objective with model.name='vit'"
+                "model cvrl_r3d cannot drop tokens (keep_idx was given): a convolutional encoder "
+                "sees the whole clip; use a masked objective with model.name='vit'"
             )
         if video.ndim != 5:
-            raise ValueError(f"r3d expects video [B, T, H, W, 3], got shape {video.shape}")
+            raise ValueError(f"cvrl_r3d expects video [B, T, H, W, 3], got shape {video.shape}")
         block_type, counts = self._spec()
         block_cls = BasicBlock if block_type == "basic" else BottleneckBlock
         conv = dict(impl=self.conv_impl, dtype=self.dtype)
@@ -157,7 +166,7 @@ class R3D(nn.Module):
     def _spec(self) -> tuple[str, tuple[int, ...]]:
         if self.depth not in STAGES:
             allowed = ", ".join(str(d) for d in STAGES)
-            raise ValueError(f"r3d depth {self.depth!r} is not allowed; allowed: {allowed}")
+            raise ValueError(f"cvrl_r3d depth {self.depth!r} is not allowed; allowed: {allowed}")
         if self.width <= 0:
-            raise ValueError(f"r3d width must be > 0, got {self.width}")
+            raise ValueError(f"cvrl_r3d width must be > 0, got {self.width}")
         return STAGES[self.depth]

@@ -28,6 +28,8 @@ SIZES = {
 }
 
 RematPolicy = Literal["full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
+# Which attention input projections have a bias (the output projection always has one).
+QkvBias = Literal["qkv", "qv", "none"]
 # "full" saves nothing inside a block: least memory, one extra forward in the backward pass.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -40,14 +42,20 @@ TOKEN_AXES = ("batch", "length", "act_embed")
 vit_kernel_init = nn.initializers.xavier_uniform()
 
 
-def sincos_posemb_3d(grid: tuple[int, int, int], dim: int) -> np.ndarray:
+def sincos_posemb_3d(
+    grid: tuple[int, int, int], dim: int, uniform_power: bool = False
+) -> np.ndarray:
     """Fixed 3-D sine-cosine position embedding [t*h*w, dim], rows in (t, h, w) order.
 
-    Half the channels encode time and a quarter each encode height and width (as in V-JEPA);
-    any channels left over when `dim` is not a multiple of 8 are zero.
+    Half the channels encode time and a quarter each encode height and width; any channels left
+    over when `dim` is not a multiple of 8 are zero. This equals V-JEPA's (jepa `pos_embs.py`)
+    table with `uniform_power=False` wherever theirs is defined. `uniform_power=True` is the
+    table the released V-JEPA models use: 2*ceil(dim/6) channels per axis, truncated to `dim`.
     """
     dim_h = dim_w = 2 * (dim // 8)
     dim_t = 2 * ((dim - dim_h - dim_w) // 2)
+    if uniform_power:
+        dim_t = dim_h = dim_w = 2 * -(-dim // 6)
 
     def one_axis(length: int, channels: int) -> np.ndarray:
         if channels == 0:
@@ -64,9 +72,24 @@ def sincos_posemb_3d(grid: tuple[int, int, int], dim: int) -> np.ndarray:
         np.broadcast_to(emb_t, (t, h, w, dim_t)),
         np.broadcast_to(emb_h, (t, h, w, dim_h)),
         np.broadcast_to(emb_w, (t, h, w, dim_w)),
-        np.zeros((t, h, w, dim - dim_t - dim_h - dim_w)),
+        np.zeros((t, h, w, max(dim - dim_t - dim_h - dim_w, 0))),
     ]
-    return np.concatenate(parts, axis=-1).reshape(t * h * w, dim).astype(np.float32)
+    table = np.concatenate(parts, axis=-1)[..., :dim]
+    return table.reshape(t * h * w, dim).astype(np.float32)
+
+
+def sincos_posemb_1d(length: int, dim: int) -> np.ndarray:
+    """VideoMAE's fixed table [length, dim] over the flattened t*h*w token index.
+
+    Channel j uses frequency 10000^(-2*(j//2)/dim), sine on even and cosine on odd channels
+    (interleaved), computed in float64 as the reference does; published VideoMAE checkpoints
+    (original and Hugging Face) were trained with it.
+    """
+    channel = np.arange(dim, dtype=np.float64)
+    freqs = 1.0 / np.power(10000.0, 2 * (channel // 2) / dim)
+    angles = np.arange(length, dtype=np.float64)[:, None] * freqs[None, :]
+    table = np.where(channel % 2 == 0, np.sin(angles), np.cos(angles))
+    return table.astype(np.float32)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -85,29 +108,69 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+def rope_positions(grid: tuple[int, int, int], idx: jax.Array | None = None) -> jax.Array:
+    """(t, h, w) coordinates [..., 3] of flat token indices `idx` (default: every token)."""
+    t, h, w = grid
+    idx = jnp.arange(t * h * w) if idx is None else idx
+    return jnp.stack([idx // (h * w), (idx % (h * w)) // w, idx % w], axis=-1)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array) -> jax.Array:
+    """V-JEPA 2's 3-D rotary embedding of queries or keys x [B, N, H, d] at positions [B?, N, 3].
+
+    Three equal slices of 2*((d//3)//2) channels rotate by time, height and width (the rest pass
+    through). As in the released code (vjepa2 `rotate_queries_or_keys`, kept for compatibility
+    with its weights), channel j of a slice of size s uses frequency j mod s/2 while pairs
+    (2i, 2i+1) are rotated together.
+    """
+    size = 2 * ((x.shape[-1] // 3) // 2)
+    if size == 0:
+        return x
+    omega = 1.0 / 10000 ** (jnp.arange(size // 2, dtype=jnp.float32) / (size / 2.0))
+    parts = []
+    for axis in range(3):
+        part = x[..., axis * size : (axis + 1) * size]
+        angles = positions[..., axis, None].astype(jnp.float32) * omega  # [B?, N, s/2]
+        angles = jnp.concatenate([angles, angles], axis=-1)[..., None, :]  # over heads
+        pairs = part.reshape(*part.shape[:-1], size // 2, 2)
+        swapped = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(part.shape)
+        rotated = part * jnp.cos(angles) + swapped * jnp.sin(angles)
+        parts.append(rotated.astype(x.dtype))
+    return jnp.concatenate([*parts, x[..., 3 * size :]], axis=-1)
+
+
 class Attention(nn.Module):
     """Multi-head attention (see `dot_product_attention` for the kernel it uses per backend).
 
     Self-attention by default; pass `context` for cross-attention (attentive pooler).
+    `qkv_bias="qv"` drops the key bias (VideoMAE: its key bias is fixed at zero), "none" drops all
+    three; the output projection always has one. `positions` [B?, N, 3] (self-attention only)
+    rotates queries and keys with V-JEPA 2's 3-D RoPE (`apply_rope`).
     """
 
     heads: int
+    qkv_bias: QkvBias = "qkv"
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None, positions: jax.Array | None = None
+    ) -> jax.Array:
+        if positions is not None and context is not None:
+            raise ValueError("attention positions (RoPE) apply to self-attention only")
         context = x if context is None else context
         width = x.shape[-1]
         if width % self.heads:
             raise ValueError(f"attention width {width} is not divisible by heads={self.heads}")
         head_dim = width // self.heads
 
-        def einsum(name, shape, equation, kernel_axes, bias_axes, fan_in, fan_out):
+        def einsum(name, shape, equation, kernel_axes, bias_axes, fan_in, fan_out, bias=True):
             # nn.Einsum creates the kernel at its full rank, so the logical names fit it.
             init = nn.initializers.xavier_uniform(in_axis=fan_in, out_axis=fan_out)
             return nn.Einsum(
                 shape,
                 equation,
+                use_bias=bias,
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
                 kernel_init=layers.partitioned(init, kernel_axes),
@@ -124,11 +187,14 @@ class Attention(nn.Module):
                 ("heads", "kv"),
                 0,
                 (1, 2),
+                bias=self.qkv_bias == "qkv" or (self.qkv_bias == "qv" and name != "key"),
             )
             return layers.constrain(layer(inputs), head_axes)
 
         head_axes = ("batch", "length", "act_heads", "act_kv")
         q, k, v = project("query", x), project("key", context), project("value", context)
+        if positions is not None:
+            q, k = apply_rope(q, positions), apply_rope(k, positions)
         out = layers.constrain(dot_product_attention(q, k, v), head_axes)
         return einsum(
             "out",
@@ -168,23 +234,38 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))).
 
     Drop path removes a whole residual branch per example (Dropout broadcast over tokens and
-    channels), which needs a "dropout" rng when training with `drop_path > 0`.
+    channels), which needs a "dropout" rng when training with `drop_path > 0`. `layer_scale`
+    multiplies each branch by a learned per-channel vector (CaiT / BEiT `gamma_1`, `gamma_2`, as
+    VideoMAE checkpoints trained with `init_values > 0` carry). `positions` [B?, N, 3]: token
+    coordinates for RoPE attention (V-JEPA 2); None: no rotary embedding.
     """
 
     heads: int
     mlp_dim: int
     drop_path: float = 0.0
+    qkv_bias: QkvBias = "qkv"
+    ln_epsilon: float = 1e-6
+    layer_scale: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, positions=None) -> jax.Array:
         drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train)
-        y = layers.layer_norm(dtype=self.dtype, name="norm1")(x)
-        x = x + drop(Attention(self.heads, dtype=self.dtype, name="attention")(y))
+        norm = lambda name: layers.layer_norm(dtype=self.dtype, epsilon=self.ln_epsilon, name=name)
+        y = norm("norm1")(x)
+        attention = Attention(self.heads, self.qkv_bias, dtype=self.dtype, name="attention")
+        y = attention(y, positions=positions)
+        x = x + drop(self._scale("gamma1", y))
         x = layers.constrain(x, TOKEN_AXES)
-        y = layers.layer_norm(dtype=self.dtype, name="norm2")(x)
-        x = x + drop(Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(y))
+        y = Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(norm("norm2")(x))
+        x = x + drop(self._scale("gamma2", y))
         return layers.constrain(x, TOKEN_AXES)
+
+    def _scale(self, name: str, y: jax.Array) -> jax.Array:
+        if not self.layer_scale:
+            return y
+        init = layers.partitioned(nn.initializers.constant(0.1), ("embed",))
+        return y * self.param(name, init, (y.shape[-1],), jnp.float32).astype(y.dtype)
 
 
 def block_class(remat: bool = False, policy: RematPolicy = "full") -> type[Block]:
@@ -204,12 +285,14 @@ class TubeletEmbed(nn.Module):
     A tubelet embedding is a strided convolution with kernel = stride; written as a reshape and
     a Dense it is the same maths and much faster on CPU. Learned position embeddings are stored
     for `posemb_grid` (default: the grid of the clip used at init) and resized trilinearly when a
-    clip of another size comes in.
+    clip of another size comes in. "sincos_1d" is VideoMAE's table over the flattened index
+    (`sincos_posemb_1d`), recomputed for each clip size as the reference does. "sincos_uniform"
+    is V-JEPA's `uniform_power` table; "none" adds nothing (V-JEPA 2: RoPE in attention).
     """
 
     width: int
     patch: tuple[int, int, int] = (2, 16, 16)
-    posemb: Literal["sincos", "learned"] = "sincos"
+    posemb: Literal["sincos", "learned", "sincos_1d", "sincos_uniform", "none"] = "sincos"
     posemb_grid: tuple[int, int, int] | None = None
     dtype: Any = jnp.float32
 
@@ -231,13 +314,22 @@ class TubeletEmbed(nn.Module):
             kernel_init=vit_kernel_init,
             name="projection",
         )(x)
+        if self.posemb == "none":
+            return x
         return x + self._position_embedding(grid).astype(x.dtype)
 
     def _position_embedding(self, grid: tuple[int, int, int]) -> jax.Array:
-        if self.posemb == "sincos":
-            return jnp.asarray(sincos_posemb_3d(grid, self.width).reshape(*grid, self.width))
+        if self.posemb in ("sincos", "sincos_uniform"):
+            table = sincos_posemb_3d(grid, self.width, self.posemb == "sincos_uniform")
+            return jnp.asarray(table.reshape(*grid, self.width))
+        if self.posemb == "sincos_1d":
+            table = sincos_posemb_1d(int(np.prod(grid)), self.width)
+            return jnp.asarray(table.reshape(*grid, self.width))
         if self.posemb != "learned":
-            raise ValueError(f"posemb {self.posemb!r} is not allowed; allowed: 'sincos', 'learned'")
+            raise ValueError(
+                f"posemb {self.posemb!r} is not allowed; allowed: 'sincos', 'learned', "
+                "'sincos_1d', 'sincos_uniform', 'none'"
+            )
         stored = tuple(self.posemb_grid or grid)
         if self.has_variable("params", "posemb"):
             # Parameters already exist (apply): their grid is whatever init stored.
@@ -273,6 +365,11 @@ class ViT(nn.Module):
     override it (tiny models for tests and CPU demos). With `tokenlearner_layer=L`, each frame's
     h*w tokens are summarised into `tokenlearner_tokens` learned tokens after L blocks; with
     `tokenfuser` every later block runs on the learned tokens and is fused back to the full grid.
+    `qkv_bias`, `ln_epsilon`, `layer_scale`, `final_norm` and posemb "sincos_1d" reproduce
+    published VideoMAE models exactly (HF VideoMAE with mean pooling has no final norm: its
+    tokens are un-normalised and a classifier's `fc_norm` follows the pooling). Posemb
+    "sincos_uniform" is V-JEPA's table; `rope` with posemb "none" is V-JEPA 2's 3-D rotary
+    attention, at each kept token's own (t, h, w) position when `keep_idx` drops tokens.
     """
 
     size: Literal["Ti", "S", "B", "L", "H", "g"] = "B"
@@ -281,8 +378,13 @@ class ViT(nn.Module):
     heads: int | None = None
     mlp_dim: int | None = None
     patch: tuple[int, int, int] = (2, 16, 16)
-    posemb: Literal["sincos", "learned"] = "sincos"
+    posemb: Literal["sincos", "learned", "sincos_1d", "sincos_uniform", "none"] = "sincos"
     posemb_grid: tuple[int, int, int] | None = None
+    rope: bool = False
+    qkv_bias: QkvBias = "qkv"
+    ln_epsilon: float = 1e-6
+    layer_scale: bool = False
+    final_norm: bool = True
     drop_path: float = 0.0
     remat: bool = False
     remat_policy: RematPolicy = "full"
@@ -305,6 +407,9 @@ class ViT(nn.Module):
         )(video)
         batch, t, h, w, _ = x.shape
         x = x.reshape(batch, t * h * w, width)
+        positions = rope_positions((t, h, w), keep_idx) if self.rope else None
+        if self.rope and self.tokenlearner_layer is not None:
+            raise ValueError("vit rope=True cannot be combined with tokenlearner_layer")
         if keep_idx is not None:
             x = gather_tokens(x, keep_idx)
         x = layers.constrain(x, TOKEN_AXES)
@@ -313,16 +418,26 @@ class ViT(nn.Module):
         rates = np.linspace(0.0, self.drop_path, depth)  # stochastic depth grows with depth
         layer, grid = self.tokenlearner_layer, (t, h, w)
         for i in range(depth):
-            blk = block(heads, mlp_dim, float(rates[i]), dtype=self.dtype, name=f"block{i}")
+            blk = block(
+                heads,
+                mlp_dim,
+                float(rates[i]),
+                qkv_bias=self.qkv_bias,
+                ln_epsilon=self.ln_epsilon,
+                layer_scale=self.layer_scale,
+                dtype=self.dtype,
+                name=f"block{i}",
+            )
             if layer is not None and i >= layer and self.tokenfuser:
                 x = self._fused_block(x, blk, grid, i, train)
                 continue
             if layer == i:
                 x = self._learn_tokens(self._learner("tokenlearner"), x, grid)
-            x = blk(x, train)
+            x = blk(x, train, positions)
         if layer == depth and not self.tokenfuser:
             x = self._learn_tokens(self._learner("tokenlearner"), x, grid)
-        x = layers.layer_norm(dtype=self.dtype, name="norm")(x)
+        if self.final_norm:
+            x = layers.layer_norm(dtype=self.dtype, epsilon=self.ln_epsilon, name="norm")(x)
         return layers.constrain(x, TOKEN_AXES)
 
     def _learner(self, name: str) -> nn.Module:

@@ -14,10 +14,12 @@ type hides, averaged over mask types. They differ only in where targets come fro
 import abc
 import dataclasses
 import functools
+from typing import Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vrl import registry
 from vrl.config import ConfigError
@@ -39,25 +41,53 @@ class _LatentPrediction(base.Objective):
     encoder: nn.Module
     predictor_width: int = 384
     predictor_depth: int = 12
-    predictor_heads: int = 12
+    predictor_heads: int | None = 12  # None: the encoder's (V-JEPA; V-JEPA 2 uses 12)
     num_blocks: tuple[int, ...] = (8, 2)
     block_scale: tuple[float, ...] = (0.15, 0.7)
     block_aspect: tuple[float, float] = (0.75, 1.5)
     # Quantile of the visible-token count that fixes K (see vrl.data.masks.multiblock_mask).
     keep_quantile: float = 0.1
     normalize_targets: bool = True
+    # The reference predictor (jepa / vjepa2) attends over context + target tokens only:
+    # "targets_only". vrl's original one fills every hidden position: "all_hidden".
+    predictor_targets: Literal["all_hidden", "targets_only"] = "all_hidden"
+    # Only with "targets_only": V-JEPA's "sincos_uniform" table, or "none" with RoPE (V-JEPA 2).
+    predictor_posemb: Literal["sincos", "sincos_uniform", "none"] = "sincos"
+    predictor_rope: bool = False
+    predictor_zero_mask_tokens: bool = False  # the references start mask tokens at zero
+    predictor_mask_tokens: int | None = None  # None: one per mask type (published: 2 or 10)
 
     name = "latent prediction"
 
     def predictor(self, out_dim: int) -> heads.JEPAPredictor:
+        targets_only = self.predictor_targets == "targets_only"
         return heads.JEPAPredictor(
             width=self.predictor_width,
             depth=self.predictor_depth,
-            heads=self.predictor_heads,
+            heads=self.predictor_heads or self.encoder.dims[2],
             out_dim=out_dim,
-            num_mask_types=len(self.num_blocks),
+            num_mask_types=self.predictor_mask_tokens or len(self.num_blocks),
+            posemb=self.predictor_posemb,
+            rope=self.predictor_rope,
+            # The references build predictor blocks with the encoder's LayerNorm / qkv options.
+            ln_epsilon=getattr(self.encoder, "ln_epsilon", 1e-6) if targets_only else 1e-6,
+            qkv_bias=getattr(self.encoder, "qkv_bias", "qkv") if targets_only else "qkv",
+            zero_mask_tokens=self.predictor_zero_mask_tokens,
             dtype=self.encoder.dtype,
         )
+
+    def target_indices(self, keep_idx: jax.Array, target_mask: jax.Array, num_tokens: int):
+        """[B, N - K] indices of the tokens the context hides, scored targets first, or None
+        for the "all_hidden" predictor. N - K is static; hidden tokens that are no target
+        (vrl's fixed-K context drops a few) are predicted too but carry no loss."""
+        if self.predictor_targets == "all_hidden":
+            return None
+        batch, kept = keep_idx.shape
+        hidden = (
+            jnp.ones((batch, num_tokens), bool).at[jnp.arange(batch)[:, None], keep_idx].set(False)
+        )
+        order = jnp.where(target_mask > 0, 0, 1) + jnp.where(hidden, 0, 2)
+        return jnp.argsort(order, axis=1, stable=True)[:, : num_tokens - kept].astype(jnp.int32)
 
     def batch_ops(self, clip):
         grid = masking.token_grid(self.encoder, clip, self.name)
@@ -78,8 +108,11 @@ class _LatentPrediction(base.Objective):
         enc_vars = self.encoder.init(enc_rng, x, train=False, keep_idx=keep_idx)
         context = jnp.zeros((*keep_idx.shape, self.encoder.output_dim), self.encoder.dtype)
         grid = self.encoder.token_grid(*x.shape[1:4])
+        target_idx = self.target_indices(
+            keep_idx, masking.mask_sets(batch)[0][1], int(np.prod(grid))
+        )
         pred_vars = self.predictor(target_dim).init(
-            pred_rng, context, keep_idx, grid, mask_type=0, train=False
+            pred_rng, context, keep_idx, grid, mask_type=0, train=False, target_idx=target_idx
         )
         return {"encoder": enc_vars["params"], "predictor": pred_vars["params"]}
 
@@ -101,6 +134,7 @@ class _LatentPrediction(base.Objective):
             context = self.encoder.apply(
                 {"params": params["encoder"]}, x, train=train, keep_idx=keep_idx, rngs=rngs
             )
+            target_idx = self.target_indices(keep_idx, target_mask, targets.shape[1])
             pred = predictor.apply(
                 {"params": params["predictor"]},
                 context,
@@ -109,9 +143,14 @@ class _LatentPrediction(base.Objective):
                 mask_type=i,
                 train=train,
                 rngs=rngs,
+                target_idx=target_idx,
             )
-            per_token = jnp.mean(jnp.abs(pred.astype(jnp.float32) - targets), axis=-1)
-            losses.append(masking.masked_mean(per_token, target_mask))
+            scored, weights = targets, target_mask
+            if target_idx is not None:
+                scored = jnp.take_along_axis(targets, target_idx[..., None], axis=1)
+                weights = jnp.take_along_axis(target_mask, target_idx, axis=1)
+            per_token = jnp.mean(jnp.abs(pred.astype(jnp.float32) - scored), axis=-1)
+            losses.append(masking.masked_mean(per_token, weights))
         loss = jnp.mean(jnp.stack(losses))
         metrics = {f"l1_mask{i}": value for i, value in enumerate(losses)}
         return loss, (metrics, extra)

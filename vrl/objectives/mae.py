@@ -7,6 +7,7 @@ SALT's stage 1: a pixel-reconstruction teacher under V-JEPA's multi-block masks.
 """
 
 import dataclasses
+from typing import Literal
 
 import einops
 import flax.linen as nn
@@ -15,12 +16,22 @@ import jax.numpy as jnp
 
 from vrl import registry
 from vrl.models import heads, layers
+from vrl.models.vit import QkvBias
 from vrl.objectives import base, masking
 
 
-def tubelet_targets(video: jax.Array, patch: tuple[int, int, int], normalize: bool) -> jax.Array:
+def tubelet_targets(
+    video: jax.Array,
+    patch: tuple[int, int, int],
+    normalize: bool,
+    eps_inside_sqrt: bool = True,
+) -> jax.Array:
     """uint8 video [B, T, H, W, 3] -> per-tubelet pixel targets [B, N, pt*ph*pw*3] in [0, 1],
-    optionally normalised per tubelet and channel (mean/std over the tubelet's pixels)."""
+    optionally normalised per tubelet and channel (mean/std over the tubelet's pixels).
+
+    The std is sqrt(var + 1e-6) by default; `eps_inside_sqrt=False` gives the published
+    VideoMAE code's sqrt(var) + 1e-6 (unbiased var in both), which converted runs use.
+    """
     x = video.astype(jnp.float32) / 255.0 if video.dtype == jnp.uint8 else video.astype(jnp.float32)
     pt, ph, pw = patch
     x = einops.rearrange(
@@ -28,7 +39,8 @@ def tubelet_targets(video: jax.Array, patch: tuple[int, int, int], normalize: bo
     )
     if normalize:
         mean = x.mean(axis=-2, keepdims=True)
-        std = jnp.sqrt(x.var(axis=-2, keepdims=True, ddof=1) + 1e-6)
+        var = x.var(axis=-2, keepdims=True, ddof=1)
+        std = jnp.sqrt(var + 1e-6) if eps_inside_sqrt else jnp.sqrt(var) + 1e-6
         x = (x - mean) / std
     return einops.rearrange(x, "b n p c -> b n (p c)")
 
@@ -43,6 +55,15 @@ class VideoMAE(base.Objective):
     decoder_depth: int = 4
     decoder_heads: int = 6
     norm_pix_loss: bool = True
+    # Published-checkpoint parity (set by `python -m vrl.convert`; see heads.MAEDecoder and
+    # tubelet_targets): the defaults are vrl's own recipe.
+    norm_pix_eps_inside_sqrt: bool = True
+    decoder_mlp_dim: int | None = None
+    decoder_posemb: Literal["sincos", "sincos_1d"] = "sincos"
+    decoder_qkv_bias: QkvBias = "qkv"
+    decoder_ln_epsilon: float = 1e-6
+    decoder_norm_epsilon: float | None = None
+    decoder_embed_bias: bool = True
 
     @property
     def decoder(self) -> heads.MAEDecoder:
@@ -52,6 +73,12 @@ class VideoMAE(base.Objective):
             depth=self.decoder_depth,
             heads=self.decoder_heads,
             patch_dim=pt * ph * pw * 3,
+            mlp_dim=self.decoder_mlp_dim,
+            posemb=self.decoder_posemb,
+            qkv_bias=self.decoder_qkv_bias,
+            ln_epsilon=self.decoder_ln_epsilon,
+            norm_epsilon=self.decoder_norm_epsilon,
+            embed_bias=self.decoder_embed_bias,
             dtype=self.encoder.dtype,
         )
 
@@ -72,7 +99,9 @@ class VideoMAE(base.Objective):
     def loss(self, params, extra, batch, rng, train):
         video = batch["video"]
         x = layers.to_model_input(video, self.encoder)
-        targets = tubelet_targets(video, self.encoder.patch, self.norm_pix_loss)
+        targets = tubelet_targets(
+            video, self.encoder.patch, self.norm_pix_loss, self.norm_pix_eps_inside_sqrt
+        )
         grid = self._grid(x)
         losses = []
         for i, (keep_idx, target_mask) in enumerate(masking.mask_sets(batch)):

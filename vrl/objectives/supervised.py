@@ -19,12 +19,21 @@ from vrl.objectives import base
 
 
 class ClassifierHead(nn.Module):
+    """[Dropout ->] Dense on the pooled clip vector; `norm` puts a LayerNorm first (VideoMAE's
+    `fc_norm` after mean pooling, which its fine-tuned checkpoints carry)."""
+
     num_classes: int
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    norm: bool = False
+    norm_epsilon: float = 1e-6
 
     @nn.compact
     def __call__(self, features, *, train: bool):
+        if self.norm:
+            features = layers.layer_norm(dtype=self.dtype, epsilon=self.norm_epsilon, name="norm")(
+                features
+            )
         features = nn.Dropout(self.dropout, deterministic=not train)(features)
         return layers.dense(
             self.num_classes,
@@ -71,6 +80,9 @@ class Supervised(base.Objective):
     label_set: str = "label"
     label_smoothing: float = 0.0
     head_dropout: float = 0.0
+    # LayerNorm on the pooled feature before the linear layer (VideoMAE's fc_norm).
+    head_norm: bool = False
+    head_norm_epsilon: float = 1e-6
     mixup: float = 0.0
     cutmix: float = 0.0
     # Start the encoder from this run's checkpoint (fine-tuning); "" trains from scratch.
@@ -84,7 +96,13 @@ class Supervised(base.Objective):
 
     @property
     def head(self) -> ClassifierHead:
-        return ClassifierHead(self.num_classes, self.head_dropout, self.encoder.dtype)
+        return ClassifierHead(
+            self.num_classes,
+            self.head_dropout,
+            self.encoder.dtype,
+            norm=self.head_norm,
+            norm_epsilon=self.head_norm_epsilon,
+        )
 
     def init(self, rng, batch):
         enc_rng, head_rng = jax.random.split(rng)

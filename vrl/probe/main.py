@@ -89,6 +89,9 @@ def job_config(probe: dict, source: str = ""):
     c.test_views = placeholder(tuple)
     c.batch_size = 32
     c.plots = True
+    # Names the results (probe/<name>_<labels>_<encoder>.json); set it for a second job on
+    # other data so the first one's results are kept.
+    c.name = placeholder(str)
     return c
 
 
