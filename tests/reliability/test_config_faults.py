@@ -14,8 +14,8 @@ import sys
 
 import jax
 import pytest
-
 import runs
+
 from vrl import config as config_lib
 from vrl import sharding, train
 

@@ -12,8 +12,8 @@ import shutil
 import corpus
 import numpy as np
 import pytest
-
 import runs
+
 from vrl.data import pipeline, prepare, sources
 
 DATASET = "reliability_toy"

@@ -13,8 +13,8 @@ import resource
 import stat
 
 import pytest
-
 import runs
+
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import train

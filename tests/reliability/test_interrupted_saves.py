@@ -11,8 +11,8 @@ import shutil
 import signal
 
 import pytest
-
 import runs
+
 from vrl import checkpoint as ckpt_lib
 
 

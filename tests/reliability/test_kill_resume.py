@@ -16,7 +16,6 @@ import signal
 import time
 
 import pytest
-
 import runs
 
 KILLS = 5

@@ -12,7 +12,6 @@ import re
 import jax
 import numpy as np
 import pytest
-
 import runs
 
 HUGE_LR = "--config.optim.lr=1e30"

@@ -16,8 +16,8 @@ import time
 import jax
 import numpy as np
 import pytest
-
 import runs
+
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import train

@@ -55,11 +55,6 @@ _PTH_BLOCK = {
 }
 
 
-def _empty_batch_stats() -> dict:
-    """`supervised`'s extra for a ViT: restoring needs the empty tree saved as the init has it."""
-    return {"batch_stats": {"encoder": {}}}
-
-
 class _Reader:
     """Takes tensors from a `Tensors`, recording every missing key instead of stopping at the
     first, so that one error lists every difference."""
@@ -349,7 +344,6 @@ def from_hf(src: str, options) -> tuple[Converted, Tensors]:
         r.norm("fc_norm", "params/head/norm")
         r.linear("classifier", "params/head/logits")
         num_classes = cfg.get("num_labels") or len(cfg.get("id2label") or {}) or 2
-        c.extra = _empty_batch_stats()
         c.objective = {
             "name": "supervised",
             "num_classes": int(num_classes),
@@ -509,7 +503,6 @@ def from_pth(src: str, options) -> tuple[Converted, Tensors]:
             )
         r.norm("fc_norm", "params/head/norm")
         r.linear("head", "params/head/logits")
-        c.extra = _empty_batch_stats()
         c.objective = {
             "name": "supervised",
             "num_classes": int(tensors.take("head.weight").shape[0]),

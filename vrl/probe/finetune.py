@@ -172,6 +172,7 @@ class FinetuneProbe:
 
 def make_forward(objective):
     """Jitted (batch -> view-averaged probabilities, pooled features, labels, valid flags)."""
+
     @jax.jit
     def forward(params, extra, batch):
         video = batch["video"]
