@@ -140,13 +140,13 @@ def main(argv):
             shutil.rmtree(root, ignore_errors=True)
     mb = r["bytes"] / 1e6
     body = [
-        ["synchronous save", f"{r['sync']:.3f}", f"{r['sync']:.3f}", "", f"{mb / r['sync']:.0f}"],
+        ["synchronous save", f"{r['sync']:.3f}", f"{r['sync']:.3f}", "", f"{mb / r['sync']:.3g}"],
         [
             "async save",
             f"{r['async_blocking']:.3f}",
             f"{r['async_total']:.3f}",
             f"{r['ratio']:.3f} (rounds {', '.join(f'{x:.3f}' for x in r['ratios'])})",
-            f"{mb / r['async_total']:.0f}",
+            f"{mb / r['async_total']:.3g}",
         ],
         [
             "first async save of a run",
@@ -160,7 +160,7 @@ def main(argv):
             f"{r['restore']:.3f}",
             f"{r['restore']:.3f}",
             "",
-            f"{mb / r['restore']:.0f}",
+            f"{mb / r['restore']:.3g}",
         ],
     ]
     name = "tiny ViT" if _TINY.value else f"ViT-{_SIZE.value}"

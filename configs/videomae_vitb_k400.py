@@ -12,13 +12,22 @@ cosine to 1e-5, 800 epochs (released K400 models; 1600 for the best). Sizes: `:s
 
 import os
 
-from vrl.config import TINY_VIT, data_section, defaults, parse_arg, run_config, runlocal_data
+from vrl.config import (
+    TINY_VIT,
+    check_arg,
+    data_section,
+    defaults,
+    parse_arg,
+    run_config,
+    runlocal_data,
+)
 
 DECODER = {"S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8)}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="B")
+    check_arg("size", args.size, list(DECODER))
     c = run_config(total_epochs=800.0, log_every_steps=100, compute_dtype="bfloat16")
     c.data = data_section(
         {

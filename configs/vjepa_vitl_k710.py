@@ -15,11 +15,21 @@ Kinetics-710 is K400 + K600 + K700 without validation videos: prepare it as one 
 
 import os
 
-from vrl.config import TINY_VIT, data_section, defaults, parse_arg, run_config, runlocal_data
+from vrl.config import (
+    TINY_VIT,
+    check_arg,
+    data_section,
+    defaults,
+    parse_arg,
+    run_config,
+    runlocal_data,
+)
+from vrl.models.vit import SIZES
 
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="L")
+    check_arg("size", args.size, list(SIZES))
     c = run_config(total_steps=90_000, log_every_steps=100, compute_dtype="bfloat16")
     c.data = data_section(
         {

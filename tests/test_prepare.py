@@ -156,7 +156,9 @@ def test_frames_store_chunks_read_only_the_records_a_clip_needs(inputs):
 def test_a_split_missing_from_an_existing_dataset_is_an_error(inputs):
     build(inputs, "toy_splits")
     (inputs / "val.csv").write_text("path,label\ncat/a.mp4,cat\n")
-    with pytest.raises(FileExistsError, match=r"not \['val'\]: delete it and run again"):
+    with pytest.raises(
+        prepare.InputError, match=r"splits \['test', 'train'\], not 'val'.*--overwrite"
+    ):
         prepare.prepare(
             str(inputs / "videos"), str(inputs / "{split}.csv"), "toy_splits", ["train", "val"],
             str(inputs / "out"), workers=1,
@@ -169,10 +171,10 @@ def test_bad_arguments(inputs):
     videos_dir, manifest = str(inputs / "videos"), str(inputs / "{split}.csv")
     with pytest.raises(ValueError, match="lower_snake_case"):
         prepare.prepare(videos_dir, manifest, "Bad-Name", ["train"], str(inputs / "out"))
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(prepare.InputError, match="is not a directory"):
         prepare.prepare(str(inputs / "nope"), manifest, "ok", ["train"], str(inputs / "out"))
     (inputs / "gap.csv").write_text("path,label\ncat/zzz.mp4,cat\n")
-    with pytest.raises(FileNotFoundError, match="1 of 1 listed video"):
+    with pytest.raises(prepare.InputError, match="1 of 1 listed video"):
         prepare.prepare(videos_dir, str(inputs / "gap.csv"), "ok", ["x"], str(inputs / "out"))
 
 

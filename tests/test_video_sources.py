@@ -141,9 +141,9 @@ def test_missing_or_empty_manifest(tmp_path):
 def test_bad_manifest_columns_and_labels(tmp_path, library):
     root, _ = library
     cases = {
-        "path,label,speed\ncat/a.mp4,cat,1\n": r"unknown column\(s\) \['speed'\]",
+        "path,label,my speed\ncat/a.mp4,cat,1\n": "line 1: column 'my speed' is not a label set",
         "path,label,num_frames\ncat/a.mp4,cat,3\n": "both num_frames and fps",
-        "path,label\ncat/a.mp4,cat\ndog/c.avi,\n": "have no label while others do",
+        "path,label\ncat/a.mp4,cat\ndog/c.avi,\n": "line 3: no 'label' for dog/c.avi while other",
         "path,label\ncat/a.mp4,cat\ndog/c.avi,1\n": "mix integers and names",
         "path,label,num_frames,fps\ncat/a.mp4,cat,many,30\n": "line 2: num_frames must be",
     }

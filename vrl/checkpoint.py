@@ -5,13 +5,18 @@ restore is the batch the uninterrupted run would have seen. Restores are strict:
 whose parameter names or shapes differ from what the config builds is an error listing the
 differences, never a silent partial load. A save that never completed (the process killed
 mid-write, a partial copy) is never restored: Orbax writes `commit_success.txt` last, and a
-step directory without it is set aside and named in the log (see `clear_incomplete`).
+step directory without it is set aside and named in the log (see `clear_incomplete`). Every
+save records the sha256 of each file it wrote (`vrl.checksums`); restores verify them, and a
+damaged step is never trained on or probed (see `set_aside_damaged`, `verify_step`).
 
-    python -m vrl.checkpoint WORKDIR    lists saved steps, parameter counts and sha256 digests
+    python -m vrl.checkpoint WORKDIR           lists saved steps, parameter counts, sha256 digests
+    python -m vrl.checkpoint WORKDIR --verify  checks every step's files against their checksums
 """
 
 import dataclasses
+import functools
 import hashlib
+import logging as py_logging
 import os
 import shutil
 import sys
@@ -24,11 +29,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from vrl import checksums
+
 STATE, DATA, CONFIG = "state", "data", "config"
 # Orbax writes a step into "<step>.orbax-checkpoint-tmp*", writes this marker last, then renames.
 COMMIT_MARKER = "commit_success.txt"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 INCOMPLETE = "checkpoints.incomplete"  # next to checkpoints/: step directories set aside
+DAMAGED = "checkpoints.damaged"  # next to checkpoints/: steps whose files fail their checksums
 
 
 class CheckpointError(RuntimeError):
@@ -108,6 +116,70 @@ def clear_incomplete(workdir: str) -> list[str]:
     return found
 
 
+def set_aside_damaged(workdir: str) -> list[int]:
+    """Moves the newest steps whose files fail their checksums out of the way, before a resume.
+
+    Checks the complete steps from the newest down and stops at the first that verifies (or
+    that has no checksums: saved before they were recorded, restored with a warning), so the
+    run resumes from the newest step whose files are the bytes that were saved. A damaged step
+    is moved to WORKDIR/checkpoints.damaged/<step>-<time> (nothing is deleted) and named in
+    one warning with the first file that differs. Call on one process only (after
+    `clear_incomplete`): each file is read once.
+    """
+    root = directory(workdir)
+    damaged = []
+    for step in reversed(complete_steps(workdir)):
+        path = os.path.join(root, str(step))
+        result = checksums.verify_cached(path)
+        if result.status == "unverified":
+            _warn_unverified(path, step)
+        if result.status != "damaged":
+            break
+        aside = os.path.join(os.path.dirname(root), DAMAGED, f"{step}-{time.time_ns()}")
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.rename(path, aside)
+        logging.warning(
+            "Checkpoint step %d is damaged (%s): not restored; moved %s to %s.",
+            step,
+            result.detail,
+            path,
+            aside,
+        )
+        damaged.append(step)
+    return damaged
+
+
+@functools.cache
+def _warn_unverified(path: str, step: int) -> None:
+    """Once per step and process: steps saved before checksums were recorded still restore."""
+    logging.warning(
+        "Checkpoint step %d in %s has no %s (saved before checksums were recorded): "
+        "restored without verification.",
+        step,
+        os.path.dirname(path),
+        checksums.MANIFEST,
+    )
+
+
+def verify_step(workdir: str, step: int, item: str | None = None) -> None:
+    """Raises CheckpointError unless the files of `step` (of its `item` folder only, if given)
+    are the ones that were saved.
+
+    For loaders that only read (probes, `vrl.api`, SALT's teacher, fine-tuning's start): a
+    damaged step is refused in one line naming the file; they never pick another step.
+    """
+    path = os.path.join(directory(workdir), str(step))
+    result = checksums.verify_cached(path, item)
+    if result.status == "unverified":
+        _warn_unverified(path, step)
+    elif result.status == "damaged":
+        raise CheckpointError(
+            f"checkpoint step {step} in {directory(workdir)} is damaged ({result.detail}); "
+            f"not restored; `python -m vrl.checkpoint {workdir} --verify` lists the steps that "
+            "verify"
+        )
+
+
 def complete_steps(workdir: str) -> list[int]:
     """Steps whose directories Orbax finished writing, ascending."""
     root = directory(workdir)
@@ -136,13 +208,22 @@ def wait(mngr, workdir: str) -> None:
 
 
 def manager(workdir: str, cfg: CheckpointConfig = CheckpointConfig(), read_only=False):
+    if read_only:
+        _quiet_read_only_notice()
+    # Asynchronous saves record their checksums in Orbax's writer thread, after every process
+    # wrote its files and before the step is committed (see `vrl.checksums`); synchronous
+    # ones in `save_items`, once the save returns.
+    record = functools.partial(_record_checksums, directory(workdir))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else cfg.keep,
         save_interval_steps=0 if read_only else 1,
         enable_async_checkpointing=cfg.async_save,
         # Step directories are made in `save` itself: made by Orbax's writer thread, a failure
         # (read-only directory, no space) only surfaces as a timeout minutes later.
-        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+        async_options=ocp.AsyncOptions(
+            create_directories_asynchronously=False,
+            post_finalization_callback=record if cfg.async_save and not read_only else None,
+        ),
         create=not read_only,
         read_only=read_only,
     )
@@ -152,6 +233,48 @@ def manager(workdir: str, cfg: CheckpointConfig = CheckpointConfig(), read_only=
         CONFIG: ocp.JsonCheckpointHandler(),
     }
     return ocp.CheckpointManager(directory(workdir), options=options, item_handlers=handlers)
+
+
+class _NoReadOnlyNotice(py_logging.Filter):
+    """Orbax warns `Given directory is read only=...` for every read-only manager, i.e. each
+    time a probe or `vrl.api` opens a checkpoint: a writable directory opened to read only."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return record.msg != "Given directory is read only=%s"
+
+
+@functools.cache
+def _quiet_read_only_notice() -> None:
+    logging.get_absl_logger().addFilter(_NoReadOnlyNotice())
+
+
+def _record_checksums(root: str) -> None:
+    """Orbax's post-finalization callback (primary process): the manifest of the step in flight.
+
+    It runs before the commit, so the step is still Orbax's temporary directory (or, where
+    Orbax commits with a marker instead of a rename, the step directory without its marker).
+    """
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        in_flight = TMP_MARKER in name or (name.isdigit() and not is_complete(path))
+        if in_flight and os.path.isdir(path) and not checksums.has_manifest(path):
+            checksums.write(path)
+
+
+def save_items(mngr, step: int, items: dict, force: bool = False) -> bool:
+    """`mngr.save(step, Composite(**items))` with checksums recorded; True if it saved.
+
+    Every writer of step directories goes through here (the trainer's `save`, converters), so
+    every step carries its checksums. Errors are the caller's to wrap.
+    """
+    saved = mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    path = os.path.join(str(mngr.directory), str(step))
+    # A synchronous save is committed by now without a manifest; an asynchronous one got its
+    # manifest before its commit, so this never applies to it.
+    if saved and jax.process_index() == 0 and is_complete(path):
+        if not checksums.has_manifest(path):
+            checksums.write(path)
+    return saved
 
 
 def save(mngr, step: int, state, iterator, meta: dict, force: bool = False) -> bool:
@@ -164,15 +287,14 @@ def save(mngr, step: int, state, iterator, meta: dict, force: bool = False) -> b
     """
     workdir = os.path.dirname(str(mngr.directory))
     try:
-        return mngr.save(
+        return save_items(
+            mngr,
             step,
-            args=ocp.args.Composite(
-                **{
-                    STATE: ocp.args.PyTreeSave(state),
-                    DATA: grain.checkpoint.CheckpointSave(iterator),
-                    CONFIG: ocp.args.JsonSave(meta),
-                }
-            ),
+            {
+                STATE: ocp.args.PyTreeSave(state),
+                DATA: grain.checkpoint.CheckpointSave(iterator),
+                CONFIG: ocp.args.JsonSave(meta),
+            },
             force=force,
         )
     except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError, the OS OSError
@@ -203,6 +325,7 @@ def load_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
         raise CheckpointError(f"no checkpoint directory {directory(workdir)}")
     mngr = manager(workdir, read_only=True)
     step = resolve_step(mngr, step, workdir)
+    verify_step(workdir, step, CONFIG)  # the config only: cheap, and all that is read here
     meta = mngr.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
     mngr.close()
     return meta, step
@@ -243,6 +366,7 @@ def restore_partial(workdir: str, step: int, target: dict):
     `target` maps entries to abstract trees (ShapeDtypeStructs with shardings, or arrays); the
     optimizer state is never read. Every entry must match the saved one leaf for leaf.
     """
+    verify_step(workdir, step)
     mngr = manager(workdir, read_only=True)
     saved = tree_metadata(mngr, step)
     for key, abstract in target.items():
@@ -310,11 +434,36 @@ def digest(tree) -> tuple[int, str]:
     return count, h.hexdigest()
 
 
+def verify_all(workdir: str) -> int:
+    """`--verify`: one line per complete step (ok / damaged, naming the file / not verified);
+    1 if any step is damaged. Reads every file of every step; restores nothing."""
+    steps = complete_steps(workdir)
+    if not steps:
+        print(f"no checkpoint in {directory(workdir)}", file=sys.stderr)
+        return 1
+    damaged = 0
+    for step in steps:
+        result = checksums.verify(os.path.join(directory(workdir), str(step)))
+        if result.status == "ok":
+            print(f"step {step}: ok ({result.detail})")
+        elif result.status == "damaged":
+            damaged += 1
+            print(f"step {step}: damaged ({result.detail})")
+        else:
+            print(f"step {step}: not verified (no {checksums.MANIFEST}: saved before checksums)")
+    if damaged:
+        print(f"{damaged} of {len(steps)} steps damaged in {directory(workdir)}", file=sys.stderr)
+    return 1 if damaged else 0
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m vrl.checkpoint WORKDIR", file=sys.stderr)
+    args = [a for a in argv[1:] if a != "--verify"]
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m vrl.checkpoint WORKDIR [--verify]", file=sys.stderr)
         return 2
-    workdir = argv[1]
+    workdir = args[0]
+    if "--verify" in argv[1:]:
+        return verify_all(workdir)
     mngr = manager(workdir, read_only=True)
     steps = complete_steps(workdir)
     for step in sorted(set(mngr.all_steps()) - set(steps)):
@@ -323,14 +472,21 @@ def main(argv: list[str]) -> int:
         print(f"no checkpoint in {directory(workdir)}", file=sys.stderr)
         return 1
     print(f"{'step':>10}  {'parameters':>12}  sha256(params)")
+    failed = 0
     for step in steps:
+        try:
+            verify_step(workdir, step)
+        except CheckpointError as e:
+            print(e, file=sys.stderr)
+            failed += 1
+            continue
         meta = tree_metadata(mngr, step)
         params_meta = meta["params"]
         abstract = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), params_meta)
         params = restore_partial(workdir, step, {"params": abstract})["params"]
         count, sha = digest(params)
         print(f"{step:>10}  {count:>12,}  {sha}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

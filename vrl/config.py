@@ -201,6 +201,15 @@ def parse_arg(arg: str | None, **defaults: Any) -> types.SimpleNamespace:
     return types.SimpleNamespace(**values)
 
 
+def check_arg(key: str, value: Any, allowed: Sequence) -> Any:
+    """`value` of config arg `key` if it is among `allowed` (e.g. `:size=` of a recipe)."""
+    if value not in allowed:
+        raise ConfigError(
+            f"config arg {key}={value!r}: not allowed; allowed: {', '.join(map(str, allowed))}"
+        )
+    return value
+
+
 def section(target: Callable, exclude: tuple[str, ...] = (), **values: Any):
     """A ConfigDict of every key `target` accepts, at its default unless given in `values`.
 

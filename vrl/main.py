@@ -11,11 +11,14 @@ every global batch, process 0 writes the metrics and Orbax coordinates the check
 
 Exit codes (a scheduler can tell what to do from them; docs/RELIABILITY.md lists the messages):
   0   finished, or preempted (SIGTERM) with the step reached saved: rerun the same command
-  2   config error, before anything ran: fix the config
+  2   config error, before anything ran: fix the config; or the workdir is in use by
+      another run (WORKDIR/lock.json names it)
   3   training stopped: non-finite loss/gradient, or too many unreadable videos
   4   checkpoint or I/O error: workdir not writable, a save failed (disk full, permissions)
   75  preempted, but the save outlived config.preemption_grace_s: rerun (resumes from the
       last complete checkpoint)
+  130 Ctrl-C (SIGINT): the step reached is saved (a second Ctrl-C exits at once, unsaved):
+      rerun the same command to resume
 Each non-zero exit prints one line "<kind>: <what happened>" to stderr.
 """
 
@@ -24,14 +27,26 @@ import signal
 import sys
 
 
-def _exit_on_sigterm(signum, frame):
-    """Until the trainer takes SIGTERM over there is nothing to save: exit 0 at once."""
-    print("Preempted: SIGTERM outside the training loop; nothing new to save.", file=sys.stderr)
-    sys.exit(0)
+def _exit_at_once(signum, frame):
+    """Where the trainer does not handle SIGTERM / Ctrl-C there is nothing to save: one line,
+    exit 0 / 130 now. Through os._exit: an exception raised here could land in a gc callback
+    (jax runs one), which swallows it, and the run would go on."""
+    if signum == signal.SIGTERM:
+        line, code = "Preempted: SIGTERM outside the training loop; nothing new to save.", 0
+    else:
+        line, code = "interrupted: Ctrl-C outside the training loop; nothing new to save", 130
+    print(line, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    lock = sys.modules.get("vrl.workdir_lock")
+    if lock is not None:
+        lock.release_all()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # before the slow imports, which a preemption may interrupt
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _exit_at_once)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # `nohup ... &` ignores it
+        signal.signal(signal.SIGINT, _exit_at_once)
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -39,7 +54,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from vrl import checkpoint as ckpt_lib  # noqa: E402
 from vrl import config as config_lib  # noqa: E402
-from vrl import metrics, sharding, train  # noqa: E402
+from vrl import flag_errors, metrics, sharding, train, workdir_lock  # noqa: E402
 from vrl.data import sources  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -115,11 +130,15 @@ def main(argv):
     initialize_runtime()
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except workdir_lock.WorkdirInUse as e:
+        _fail("workdir in use", e, 2)
     except (config_lib.ConfigError, sharding.MeshError) as e:
         _fail("config error", e, 2)
     except train.Preempted as e:
         logging.warning("Preempted: %s.", e)
         sys.exit(0)
+    except train.Interrupted as e:  # Ctrl-C: the step reached is saved
+        _fail("interrupted", e, train.INTERRUPTED_EXIT)
     except (train.NonFiniteError, sources.DecodeError) as e:
         _fail("training stopped", e, 3)
     except ckpt_lib.CheckpointError as e:
@@ -128,12 +147,24 @@ def main(argv):
         _fail("I/O error", e, 4)
 
 
-def _fail(kind: str, error: BaseException, code: int) -> None:
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, except that a mistake in --config or an override is one line
+    `config error: ...` and exit 2 (see vrl/flag_errors.py); other flag errors as absl says."""
+    try:
+        return flag_errors.parse(argv)
+    except config_lib.ConfigError as e:
+        _fail("config error", e, 2, log=False)
+    except Exception:  # noqa: BLE001 - absl reports its own flags' errors (exit 1)
+        return app.parse_flags_with_usage(argv)
+
+
+def _fail(kind: str, error: BaseException, code: int, log: bool = True) -> None:
     """One line on stderr naming what happened, then exit with `code`."""
-    logging.error("%s: %s", kind, error)
+    if log:
+        logging.error("%s: %s", kind, error)
     print(f"{kind}: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -70,19 +70,81 @@ def quiet_library_logs() -> None:
             handler.addFilter(_QuietLibraries())
 
 
-class Writer:
-    """Writes scalars to metrics.jsonl and TensorBoard; a no-op on processes other than 0."""
+METRICS, SUPERSEDED = "metrics.jsonl", "metrics.superseded.jsonl"
 
-    def __init__(self, workdir: str, enabled: bool | None = None):
+
+def drop_rows_after(workdir: str, step: int) -> list[int]:
+    """Moves the rows of metrics.jsonl past `step` to metrics.superseded.jsonl.
+
+    A run killed after its last checkpoint wrote metrics for steps that the resumed run trains
+    again; without this, readers would get those steps twice. A line cut short by the kill is
+    dropped too. Returns the steps of the rows moved (the file is rewritten only if any).
+    """
+    path = os.path.join(workdir, METRICS)
+    if not os.path.exists(path):
+        return []
+    keep, moved, torn, unterminated = [], [], 0, False
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                row_step = int(row["step"])
+            except (ValueError, KeyError, TypeError):
+                torn += 1
+                continue
+            if row_step <= step:
+                unterminated |= not line.endswith("\n")  # whole, but without its newline
+                keep.append(line if line.endswith("\n") else line + "\n")
+            else:
+                moved.append(json.dumps({**row, "superseded_at_resume_from": step}) + "\n")
+    if not moved and not torn and not unterminated:
+        return []
+    if moved:
+        with open(os.path.join(workdir, SUPERSEDED), "a") as f:
+            f.writelines(moved)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+    steps = [json.loads(line)["step"] for line in moved]
+    if steps:
+        which = f"step {steps[0]}" if len(set(steps)) == 1 else f"steps {min(steps)}-{max(steps)}"
+        logging.warning(
+            "%s: moved %d row%s past the restored step %d (%s, written before the restart) to %s.",
+            path,
+            len(steps),
+            "" if len(steps) == 1 else "s",
+            step,
+            which,
+            SUPERSEDED,
+        )
+    if torn:
+        logging.warning("%s: dropped %d unreadable line(s) (cut short by a kill).", path, torn)
+    return steps
+
+
+class Writer:
+    """Writes scalars to metrics.jsonl and TensorBoard; a no-op on processes other than 0.
+
+    `resume_step`: the step the run (re)starts from; rows past it, written by a run that was
+    stopped after its last checkpoint, are set aside (`drop_rows_after`) and TensorBoard
+    hides their events (`purge_step`), so readers get each step once.
+    """
+
+    def __init__(self, workdir: str, enabled: bool | None = None, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = None
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            dropped = drop_rows_after(workdir, resume_step) if resume_step is not None else []
+            self._jsonl = open(os.path.join(workdir, METRICS), "a")  # noqa: SIM115
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(
+                os.path.join(workdir, "tensorboard"),
+                purge_step=resume_step + 1 if dropped else None,
+            )
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -151,12 +213,17 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def log_table(title: str, header: list[str], rows: list[list]) -> str:
-    """A fixed-width text table, logged and returned (quickstart and probe summaries)."""
+def format_table(title: str, header: list[str], rows: list[list]) -> str:
+    """A fixed-width text table (quickstart and probe summaries)."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [title, fmt.format(*header), fmt.format(*["-" * w for w in widths])]
     lines += [fmt.format(*[str(x) for x in row]) for row in rows]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def log_table(title: str, header: list[str], rows: list[list]) -> str:
+    """`format_table`, logged and returned."""
+    text = format_table(title, header, rows)
     logging.info("\n%s", text)
     return text

@@ -133,6 +133,8 @@ def make_train_step(
                 "train/lr": lr_schedule(state.step),
                 "train/finite": finite,
                 "train/skipped_steps": new.skipped_steps,
+                # The trainer stops when it passes config.max_param_norm (diverged but finite).
+                "train/param_norm": optax.global_norm(new.params),
             }
         )
         return new, metrics

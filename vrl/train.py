@@ -7,10 +7,6 @@ it trains: it only calls the `vrl.objectives.base.Objective` contract.
 
 import dataclasses
 import json
-import os
-import signal
-import sys
-import threading
 import time
 from typing import Any, Literal
 
@@ -25,7 +21,8 @@ from jax.experimental import multihost_utils
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import metrics as metrics_lib
-from vrl import optim, sharding
+from vrl import optim, resume, sharding, workdir_lock
+from vrl import preemption as preemption_lib
 from vrl.data import pipeline
 from vrl.objectives import base
 from vrl.objectives.base import ClipSpec, Objective
@@ -41,20 +38,16 @@ from vrl.state import (
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-# Exit code of a process whose preemption save outlived config.preemption_grace_s (EX_TEMPFAIL:
-# retry; the restart resumes from the last complete checkpoint).
-PREEMPTION_TIMEOUT_EXIT = 75
+# SIGTERM / Ctrl-C handling lives in vrl/preemption.py; these names are the trainer's API.
+PREEMPTION_TIMEOUT_EXIT = preemption_lib.PREEMPTION_TIMEOUT_EXIT
+INTERRUPTED_EXIT = preemption_lib.INTERRUPTED_EXIT
+Preempted = preemption_lib.Preempted
+Interrupted = preemption_lib.Interrupted
+_Preemption = preemption_lib.Preemption
 
 
 class NonFiniteError(FloatingPointError):
     """A non-finite loss or gradient; the last good checkpoint is kept."""
-
-
-class Preempted(BaseException):
-    """SIGTERM outside the training loop (start-up, evals), where nothing new needs saving.
-
-    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it.
-    """
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,6 +68,11 @@ class TrainConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
     # Seconds a SIGTERM (preemption) may take to save and exit.
     preemption_grace_s: float = 60.0
+    # Stop (like a non-finite loss) once the parameters' global norm passes this: a diverged
+    # run whose numbers are still finite. Far above any healthy model's; None or 0: no check.
+    max_param_norm: float | None = 1e6
+    # Resume even if the seed, batch size or training data differ from the saved run's.
+    allow_config_change: bool = False
     data: dict = dataclasses.field(default_factory=dict)
     model: dict = dataclasses.field(default_factory=dict)
     objective: dict = dataclasses.field(default_factory=dict)
@@ -113,7 +111,7 @@ def setup(config: Any) -> Setup:
     opt = config_lib.instantiate(optim.OptimConfig, run.optim, "config.optim")
     ckpt = config_lib.instantiate(ckpt_lib.CheckpointConfig, run.ckpt, "config.ckpt")
     check_ranges(run, data, opt, ckpt)
-    return Setup(
+    s = Setup(
         run=run,
         data=data,
         optim=opt,
@@ -124,6 +122,11 @@ def setup(config: Any) -> Setup:
         train_ops=pipeline.make_ops(data.train_pp, "config.data.train_pp"),
         config=config,
     )
+    # What the evals will need (label sets, pipelines, encoders), before days of training.
+    from vrl.probe import eval_checks  # noqa: PLC0415 - as probe_main above
+
+    eval_checks.check_evals(run.evals, data, s.objective.encoders())
+    return s
 
 
 def check_ranges(run: TrainConfig, data, opt, ckpt) -> None:
@@ -133,6 +136,12 @@ def check_ranges(run: TrainConfig, data, opt, ckpt) -> None:
         ("config.total_epochs", run.total_epochs, "> 0", lambda v: v is None or v > 0),
         ("config.log_every_steps", run.log_every_steps, ">= 1", lambda v: v >= 1),
         ("config.preemption_grace_s", run.preemption_grace_s, "> 0", lambda v: v > 0),
+        (
+            "config.max_param_norm",
+            run.max_param_norm,
+            "> 0, or 0 / None for no check",
+            lambda v: v is None or v >= 0,
+        ),
         ("config.data.batch_size", data.batch_size, ">= 1", lambda v: v >= 1),
         ("config.data.repeated_samples", data.repeated_samples, ">= 1", lambda v: v >= 1),
         ("config.data.num_workers", data.num_workers, ">= 0", lambda v: v >= 0),
@@ -184,77 +193,25 @@ def check_clip_length(source, example: dict, frames: int, samples: int = 8) -> N
 # ----------------------------------------------------------------------------------------------
 
 
-class _Preemption:
-    """SIGTERM -> save the step reached and exit 0, within `grace_s` seconds.
-
-    Inside the loop (`deferred`) the handler only sets a flag: the loop finishes its step, saves,
-    waits for the write and returns. Outside it there is nothing new to save, so the handler
-    raises Preempted at once. From the notice on, a watchdog thread ends the process with
-    PREEMPTION_TIMEOUT_EXIT if it is still running after `grace_s`: the scheduler would kill it
-    anyway, and the exit code says the restart resumes from the last complete checkpoint.
-    With several processes jax's preemption sync manager owns SIGTERM (every process must save
-    the same step: `mngr.reached_preemption`), so `install=False` leaves the signal alone.
-    """
-
-    def __init__(self, grace_s: float, install: bool = True):
-        self.grace_s = grace_s
-        self.install = install
-        self.requested_at: float | None = None
-        self.deferred = False
-        self._previous = None
-        self._watchdog: threading.Timer | None = None
-
-    def __enter__(self):
-        if self.install:
-            try:
-                self._previous = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a notebook executor)
-                self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.notice("SIGTERM")
-        if not self.deferred:
-            raise Preempted("SIGTERM outside the training loop; nothing new to save")
-
-    def notice(self, what: str) -> None:
-        """Records the preemption notice (once) and starts the watchdog."""
-        if self.requested_at is not None:
-            return
-        self.requested_at = time.monotonic()
-        logging.warning("%s received: saving a checkpoint and exiting.", what)
-        self._watchdog = threading.Timer(self.grace_s, self._expire)
-        self._watchdog.daemon = True
-        self._watchdog.start()
-
-    def _expire(self) -> None:
-        message = (
-            f"preemption: still running config.preemption_grace_s={self.grace_s:g} s after the "
-            f"notice (the checkpoint did not finish); exiting with code {PREEMPTION_TIMEOUT_EXIT}; "
-            "a restart resumes from the last complete checkpoint"
-        )
-        logging.error("%s", message)
-        print(message, file=sys.stderr, flush=True)
-        os._exit(PREEMPTION_TIMEOUT_EXIT)
-
-    def __exit__(self, *exc):
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def train_and_evaluate(config: Any, workdir: str, step_hook=None) -> dict:
     """Trains (resuming from `workdir` if it holds checkpoints), then runs `config.evals`.
 
     `step_hook(step, state) -> metrics or None` runs after every step; the metrics it returns
     are written at that step (the fine-tuning probe evaluates every N steps this way).
     A SIGTERM saves the step reached and returns {"preempted_at_step": step}, or raises
-    Preempted where there is nothing new to save (see `_Preemption`).
+    Preempted where there is nothing new to save; Ctrl-C does the same and raises Interrupted
+    (see vrl/preemption.py). Neither is ever raised from inside jax (tracing, compilation).
     """
     s = setup(config)
     ckpt_lib.check_writable(workdir)
-    with _Preemption(s.run.preemption_grace_s, install=jax.process_count() == 1) as preemption:
+    with (
+        workdir_lock.hold(workdir),
+        _Preemption(
+            s.run.preemption_grace_s,
+            install=jax.process_count() == 1,
+            on_hard_exit=workdir_lock.release_all,  # os._exit skips the lock's `finally`
+        ) as preemption,
+    ):
         return _train_and_evaluate(s, workdir, step_hook, preemption)
 
 
@@ -271,6 +228,7 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
     objective = s.objective.for_training(total_steps)
     maker = pipeline.ExampleMaker(s.train_source, s.train_ops)
     clip = clip_spec(maker)
+    check_encoder(objective.encoder, clip)
     check_clip_length(s.train_source, maker(0, np.random.default_rng(0)), clip.frames)
     extra_ops = objective.batch_ops(clip)
     data_iter = iter(
@@ -293,18 +251,23 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
     )
     if jax.process_index() == 0:
         ckpt_lib.clear_incomplete(workdir)
+        ckpt_lib.set_aside_damaged(workdir)  # resume from the newest step that verifies
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("vrl: incomplete checkpoints cleared")
     mngr = ckpt_lib.manager(workdir, s.ckpt)
     latest = mngr.latest_step()
     if latest is not None:
+        saved_config = ckpt_lib.load_meta(workdir, latest)[0]["config"]
+        resume.check_config(saved_config, s.config, workdir, latest, s.run.allow_config_change)
         restore_data_any_layout(mngr, latest, data_iter, workdir)
     first_batch = next(data_iter)
     device_batch, _ = pipeline.split_host_keys(first_batch)
     init_batch = {k: np.asarray(v[:2]) for k, v in device_batch.items()}
     state, state_shardings = init_state(objective, tx, init_batch, mesh, rules, s.run.seed)
     if latest is not None:
-        state = ckpt_lib.restore_state(mngr, latest, abstract_state(state_shardings, state))
+        abstract = abstract_state(state_shardings, state)
+        resume.check_same_model(mngr, latest, abstract, saved_config, s.config, workdir)
+        state = ckpt_lib.restore_state(mngr, latest, abstract)
         logging.info("Resumed from step %d in %s.", latest, workdir)
     else:
         params, extra = objective.post_init(state.params, state.extra)
@@ -333,8 +296,8 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
         log_memory(compiled)
 
         # --- Loop ---------------------------------------------------------------------------
-        writer = metrics_lib.Writer(workdir)
         start = int(jax.device_get(state.step))
+        writer = metrics_lib.Writer(workdir, resume_step=start)  # rows past `start` set aside
         progress = metrics_lib.Progress(
             total_steps, start, s.data.batch_size, metrics_lib.compiled_flops(compiled)
         )
@@ -350,6 +313,7 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
         }
         loop_started = time.perf_counter()
         batch = first_batch
+        preemption.check()  # a notice during start-up: nothing new to save
         preemption.deferred = True  # from here on SIGTERM waits for the step, then saves it
         try:
             for step in range(start, total_steps):
@@ -378,7 +342,7 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
                     ckpt_lib.save(mngr, step + 1, state, data_iter, meta, force=True)
                     timers["time/ckpt"] += time.perf_counter() - t
                 if preempted:
-                    return _exit_preempted(mngr, writer, workdir, step + 1)
+                    return _exit_preempted(mngr, writer, workdir, step + 1, preemption)
             if pending is not None:
                 _finish_step(pending, s, progress, writer, timers, data_stats)
             t = time.perf_counter()
@@ -391,7 +355,7 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
             raise
         preemption.deferred = False
         if preemption.requested_at is not None:  # SIGTERM while the last save was written
-            return _exit_preempted(mngr, writer, workdir, total_steps)
+            return _exit_preempted(mngr, writer, workdir, total_steps, preemption)
     writer.write(total_steps, timers)
 
     # --- Evals ------------------------------------------------------------------------------
@@ -407,10 +371,11 @@ def _train_and_evaluate(s: Setup, workdir: str, step_hook, preemption: _Preempti
     return results
 
 
-def _exit_preempted(mngr, writer, workdir: str, step: int) -> dict:
+def _exit_preempted(mngr, writer, workdir: str, step: int, preemption: _Preemption) -> dict:
     """Waits for the save of `step` (the preemption watchdog bounds the wait) and stops."""
     ckpt_lib.wait(mngr, workdir)
     logging.warning("Saved step %d after the preemption notice; exiting.", step)
+    preemption.saved_step = step  # after Ctrl-C, leaving the context raises Interrupted
     writer.close()
     mngr.close()
     return {"preempted_at_step": step}
@@ -441,6 +406,13 @@ def _finish_step(pending, s: Setup, progress, writer, timers, data_stats) -> Non
                 "(set config.on_nonfinite='skip' to skip such steps)"
             )
         logging.warning("%s; update skipped.", message)
+    norm, bound = values.get("train/param_norm"), s.run.max_param_norm
+    if bound and norm is not None and not float(norm) <= bound:
+        raise NonFiniteError(
+            f"parameters diverged at step {step} (train/param_norm): param_norm={float(norm):.4g} "
+            f"> config.max_param_norm={bound:g}; the last good checkpoint is kept (lower the "
+            "learning rate; raise config.max_param_norm, or set it to 0 to switch the check off)"
+        )
     if step % s.run.log_every_steps == 0 or step == progress.total_steps:
         values = {k: v for k, v in values.items() if k != "train/finite"}
         values.update(progress.report(step))
@@ -478,6 +450,13 @@ class DataStats:
 
     def metrics(self) -> dict[str, float]:
         return {"data/skipped": self.skipped, "data/seen": self.seen}
+
+
+def check_encoder(encoder, clip: ClipSpec) -> None:
+    """The encoder's own limits on the clip (ViT: patch, heads, TokenLearner), at start-up."""
+    check = getattr(encoder, "check_clip", None)
+    if check is not None:
+        check(clip.frames, clip.height, clip.width)
 
 
 def clip_spec(maker: pipeline.ExampleMaker) -> ClipSpec:

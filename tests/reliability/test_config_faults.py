@@ -29,12 +29,15 @@ MASKED = {  # a VideoMAE setup that is valid, for the cases that break one of it
     "objective": {"name": "videomae", "decoder_width": 16, "decoder_depth": 1, "decoder_heads": 1},
 }
 
+LINEAR = {"probe": {"name": "linear", "solver": "ridge"}}  # an eval that is valid on tiny_run
+TEST_PP = "center_clip(frames=4, stride=2)|resize_short(size=16)|center_crop(size=16)"
+
 # (what is wrong, {dotted key: value}, how the one-line message starts)
 CASES = [
     (
         "unknown top-level key",
         {"totl_steps": 3},
-        "config.totl_steps: unknown key; allowed: ckpt, compute_dtype, data, evals,",
+        "config.totl_steps: unknown key; allowed: ",
     ),
     ("unknown nested key", {"optim.lrr": 0.1}, "config.optim.lrr: unknown key; allowed: b1, b2,"),
     ("unknown model key", {"model.widht": 64}, "config.model.widht: unknown key; allowed:"),
@@ -140,7 +143,86 @@ CASES = [
     (
         "mask ratio out of range",
         {**MASKED, "objective.mask_ratio": 1.5},
-        "config.objective.mask: tube_mask.ratio: must be in [0, 1)",
+        "config.objective.mask: tube_mask.ratio: must be in (0, 1)",
+    ),
+    (
+        "mask ratio that hides nothing (loss 0 at every step)",
+        {**MASKED, "objective.mask_ratio": 0.0},
+        "config.objective.mask: tube_mask.ratio: must be in (0, 1), hide at least one of the "
+        "16 tokens",
+    ),
+    (
+        "zero contrastive temperature",
+        {"objective.temperature": 0.0},
+        "config.objective.temperature: 0.0 is not allowed; allowed: > 0",
+    ),
+    (
+        "negative contrastive temperature",
+        {"objective.temperature": -0.1},
+        "config.objective.temperature: -0.1 is not allowed; allowed: > 0",
+    ),
+    (
+        "negative parameter-norm bound",
+        {"max_param_norm": -1.0},
+        "config.max_param_norm: -1.0 is not allowed; allowed: > 0, or 0 / None for no check",
+    ),
+    (
+        "patch that does not divide the clip",
+        {"model.patch": (2, 8, 5)},
+        "config.model.patch=(2, 8, 5): does not divide the clip (frames, height, width)=(4, 16, "
+        "16)",
+    ),
+    (
+        "heads that do not divide the width",
+        {"model.heads": 3},
+        "config.model.heads=3: does not divide the width 32; allowed: 1, 2, 4, 8, 16, 32",
+    ),
+    (
+        "TokenLearner with no tokens",
+        {"model.tokenlearner_layer": 1, "model.tokenlearner_tokens": 0},
+        "config.model.tokenlearner_tokens=0: allowed: >= 1",
+    ),
+    (
+        "TokenLearner after the last block",
+        {"model.tokenlearner_layer": 5},
+        "config.model.tokenlearner_layer=5: allowed: 0 to 1 (depth=1)",
+    ),
+    (
+        "single-view objective on a multi-view pipeline",
+        {"objective": {"name": "supervised", "num_classes": 4, "label_set": "motion"}},
+        "config.objective (supervised) takes one clip per video, the train ops make 2 views",
+    ),
+    (
+        "eval label set that the data does not have",
+        {"evals": {"linear": {**LINEAR, "label_sets": ("motionn",)}}},
+        "config.evals.linear.label_sets: 'motionn' not in the data; allowed: motion, appearance",
+    ),
+    (
+        "eval test pipeline with a typo",
+        {"evals": {"linear": {**LINEAR, "test_pp": TEST_PP.replace("center_crop", "centre_crop")}}},
+        "config.evals.linear.test_pp: unknown transform 'centre_crop'; allowed:",
+    ),
+    (
+        "eval test pipeline with a positional argument",
+        {"evals": {"linear": {**LINEAR, "test_pp": "center_clip(frames=4)|center_crop(64)"}}},
+        "config.evals.linear.test_pp: op 'center_crop(64)': cannot parse",
+    ),
+    (
+        "eval crop larger than the frames",
+        {"evals": {"linear": {**LINEAR, "test_pp": "center_clip(frames=4)|center_crop(size=64)"}}},
+        "config.evals.linear.test_pp='center_clip(frames=4)|center_crop(size=64)': center_crop: "
+        "crop 64 is larger than the 32x32 frames",
+    ),
+    (
+        "eval of an encoder the objective does not have",
+        {"evals": {"linear": {**LINEAR, "encoders": ("pretrained", "teacher")}}},
+        "config.evals.linear.encoders: 'teacher' is not an encoder of this run's objective; "
+        "allowed: pretrained, random",
+    ),
+    (
+        "eval probe that trains for no epochs",
+        {"evals": {"linear": {"probe": {"name": "linear", "epochs": 0}}}},
+        "config.evals.linear.probe.epochs: 0 is not allowed; allowed: >= 1",
     ),
     (
         "masked objective on a convolutional backbone",
@@ -303,3 +385,116 @@ def test_command_line_prints_the_line_and_exits_2_without_compiling(tmp_path):
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("config error: ")]
     assert errors == ["config error: config.ckpt.every_steps: 0 is not allowed; allowed: >= 1"]
     assert "Compiled" not in result.stderr
+
+
+def test_a_valid_eval_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "init_state", lambda *a, **k: (_ for _ in ()).throw(_Compiled()))
+    evals = {"linear": {**LINEAR, "label_sets": ("motion",), "test_pp": TEST_PP}}
+    with pytest.raises(_Compiled):
+        train.train_and_evaluate(with_changes({"evals": evals}), str(tmp_path))
+
+
+def _cli(*args: str, cwd: str = runs.ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vrl.main", *args, f"--cpu_devices={runs.DEVICES}"],
+        cwd=cwd,
+        env=runs.environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+SYNTAX_ERROR = "def get_config(:\n    pass\n"
+
+# Mistakes on the command line itself: (what, arguments after --workdir, how the line starts).
+# "{T}" is tests/reliability/tiny_run.py, "{bad}" a config file with a syntax error.
+CLI_CASES = [
+    (
+        "unknown override key",
+        ["--config={T}", "--config.optim.lrr=1"],
+        "config.optim.lrr: unknown key; allowed: lr, name, warmup_steps, weight_decay",
+    ),
+    (
+        "override value of the wrong type",
+        ["--config={T}", "--config.optim.lr=abc"],
+        "config.optim.lr: expected float, got 'abc'",
+    ),
+    (
+        "override below a value that is not a section",
+        ["--config={T}", "--config.seed.x=1"],
+        "config.seed.x: unknown key; config.seed is int, not a section",
+    ),
+    (
+        "config file with a syntax error",
+        ["--config={bad}"],
+        "--config={bad}: {bad} line 1: invalid syntax",
+    ),
+    (
+        "unknown config arg",
+        ["--config={T}:runlcal"],
+        "--config={T}:runlcal: config arg 'runlcal': unknown; allowed: steps, videos, tfds",
+    ),
+    (
+        "config arg that is not an int",
+        ["--config={T}:steps=abc"],
+        "--config={T}:steps=abc: config arg steps='abc': expected int",
+    ),
+    (
+        "recipe config arg that is not an int",
+        ["--config=configs/tokenlearner_vitb_k400.py:runlocal,tokens=abc"],
+        "--config=configs/tokenlearner_vitb_k400.py:runlocal,tokens=abc: config arg "
+        "tokens='abc': expected int",
+    ),
+    (
+        "recipe size that does not exist",
+        ["--config=configs/videomae_vitb_k400.py:runlocal,size=Q"],
+        "--config=configs/videomae_vitb_k400.py:runlocal,size=Q: config arg size='Q': not "
+        "allowed; allowed: S, B, L, H",
+    ),
+    (
+        "config file that does not exist",
+        ["--config=configs/nonexistent.py"],
+        "--config=configs/nonexistent.py: no such config file 'configs/nonexistent.py'",
+    ),
+    (
+        "no config at all",
+        [],
+        "--config is required: a config file, e.g. --config=configs/quickstart.py",
+    ),
+]
+
+
+@pytest.mark.slow  # a process each: ~10 s apiece on two busy cores
+@pytest.mark.parametrize("what, args, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_command_line_mistake_is_one_line_and_exit_2(what, args, message, tmp_path):
+    bad = tmp_path / "bad_config.py"
+    bad.write_text(SYNTAX_ERROR)
+    fill = {"T": runs.CONFIG, "bad": str(bad)}
+    result = _cli(f"--workdir={tmp_path / 'run'}", *(a.format(**fill) for a in args))
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith(f"config error: {message.format(**fill)}"), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_parameters_past_the_bound_stop_the_run_and_the_bound_switches_off(tmp_path):
+    """lr=1e6 keeps every number finite while the weights grow to ~1e12: exit 3 naming
+    train/param_norm, nothing of the diverged run saved; with the bound off it finishes (0)."""
+    overrides = ["--config.optim.lr=1e6", "--config.total_steps=3"]
+    stopped = _cli(f"--config={runs.CONFIG}", f"--workdir={tmp_path / 'a'}", *overrides)
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    line = stopped.stderr.splitlines()[-1]
+    assert line.startswith("training stopped: parameters diverged at step 2 (train/param_norm)")
+    assert "> config.max_param_norm=1e+06" in line
+    assert runs.complete_steps(str(tmp_path / "a")) == [1]  # step 1 (warm-up, lr 0) only
+    off = _cli(
+        f"--config={runs.CONFIG}",
+        f"--workdir={tmp_path / 'b'}",
+        *overrides,
+        "--config.max_param_norm=0",
+    )
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert runs.complete_steps(str(tmp_path / "b"))[-1] == 3

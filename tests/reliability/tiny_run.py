@@ -4,7 +4,8 @@
 
 Checkpoints every step (three kept), so a kill can land before, during or after any save.
 `videos=ROOT` trains on the video folder ROOT listed by ROOT/train.csv instead, `tfds=DIR` on
-the prepared dataset "reliability_toy" in DIR (32x32 videos of 16 frames or more).
+the prepared dataset "reliability_toy" in DIR (32x32 videos of 16 frames or more);
+`short_side=N` decodes the video folder's videos at that size.
 """
 
 import ml_collections
@@ -13,13 +14,15 @@ from vrl import config as config_lib
 
 
 def get_config(arg=None):
-    args = config_lib.parse_arg(arg, steps=12, videos="", tfds="")
+    args = config_lib.parse_arg(arg, steps=12, videos="", tfds="", short_side=0)
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.total_steps = args.steps
     c.log_every_steps = 1
     c.on_nonfinite = "stop"
     c.preemption_grace_s = 60.0
+    c.max_param_norm = 1e6
+    c.allow_config_change = False
     c.data = dict(
         source=dict(name="synthetic", frames=16, size=32, num_videos=16),
         batch_size=8,
@@ -30,6 +33,8 @@ def get_config(arg=None):
     )
     if args.videos:
         c.data.source = dict(name="video_folder", root=args.videos, manifest="train.csv")
+        if args.short_side:
+            c.data.source.short_side = args.short_side
     if args.tfds:
         c.data.source = dict(name="tfds", dataset="reliability_toy", data_dir=args.tfds)
     c.model = dict(name="vit", size="Ti", width=32, depth=1, heads=2, patch=(2, 8, 8))

@@ -292,11 +292,10 @@ def write_run(converted: Converted, tensors: Tensors, workdir: str, note: str) -
     }
     meta = {"config": config, "init_batch": state_lib.batch_spec(batch)}
     mngr = ckpt_lib.manager(workdir, ckpt_lib.CheckpointConfig(async_save=False))
-    mngr.save(
+    ckpt_lib.save_items(  # records the step's checksums, as every save does
+        mngr,
         0,
-        args=ocp.args.Composite(
-            **{ckpt_lib.STATE: ocp.args.PyTreeSave(state), ckpt_lib.CONFIG: ocp.args.JsonSave(meta)}
-        ),
+        {ckpt_lib.STATE: ocp.args.PyTreeSave(state), ckpt_lib.CONFIG: ocp.args.JsonSave(meta)},
         force=True,
     )
     mngr.wait_until_finished()

@@ -349,8 +349,11 @@ def _num_tokens(what: str, grid) -> int:
 def _hidden_count(what: str, ratio: float, n: int) -> int:
     """round(ratio * n) hidden tokens, refusing ratios that hide all or none."""
     hidden = int(round(ratio * n))
-    if not 0 <= ratio < 1 or hidden >= n:
-        raise ValueError(f"{what}.ratio: must be in [0, 1) and leave a visible token, got {ratio}")
+    if not 0 < ratio < 1 or not 1 <= hidden < n:
+        raise ValueError(
+            f"{what}.ratio: must be in (0, 1), hide at least one of the {n} tokens (a loss "
+            f"over no token trains nothing) and leave one visible; got {ratio}"
+        )
     return hidden
 
 

@@ -25,7 +25,7 @@ from absl import logging
 
 from vrl import config as config_lib
 from vrl import registry
-from vrl.data import sources
+from vrl.data import sources, workers
 
 Op = Callable[[dict, np.random.Generator], dict]
 # Keys that describe the pipeline itself; they never reach the device.
@@ -67,8 +67,8 @@ def make_source(cfg: DataConfig, split: str) -> sources.Source:
         raise config_lib.ConfigError(f"config.data.source ({name}, split {split!r}): {e}") from None
 
 
-def parse_pp(spec: str) -> list[tuple[str, dict[str, Any]]]:
-    """`"a(x=1, y=(2, 3))|b"` -> [("a", {"x": 1, "y": (2, 3)}), ("b", {})]."""
+def parse_pp(spec: str, path: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """`"a(x=1, y=(2, 3))|b"` -> [("a", {"x": 1, "y": (2, 3)}), ("b", {})]; errors name `path`."""
     ops = []
     for part in filter(None, (p.strip() for p in spec.split("|"))):
         try:
@@ -77,7 +77,8 @@ def parse_pp(spec: str) -> list[tuple[str, dict[str, Any]]]:
                 raise ValueError("expected name(key=value, ...)")
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
         except (SyntaxError, ValueError) as e:
-            raise config_lib.ConfigError(f"op {part!r}: cannot parse ({e})") from None
+            where = f"{path}: " if path else ""
+            raise config_lib.ConfigError(f"{where}op {part!r}: cannot parse ({e})") from None
         ops.append((call.func.id, kwargs))
     return ops
 
@@ -86,7 +87,7 @@ def make_ops(spec: str, path: str) -> list[tuple[str, Op]]:
     """(stage, op) for each op of a pp string, validated against the registry; order checked."""
     out = []
     order = {"temporal": 0, "spatial": 1, "mask": 2}
-    for name, kwargs in parse_pp(spec):
+    for name, kwargs in parse_pp(spec, path):
         try:
             factory = registry.get("transform", name)
         except registry.UnknownNameError as e:
@@ -311,7 +312,10 @@ def _to_iter(ds: grain.MapDataset, cfg: DataConfig) -> grain.IterDataset:
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=cfg.prefetch)
     it = ds.to_iter_dataset(options)
     if cfg.num_workers > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=cfg.num_workers),
+            worker_init_fn=workers.init_fn(),  # workers end with this process, even SIGKILLed
+        )
     return it
 
 

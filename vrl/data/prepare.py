@@ -6,7 +6,10 @@ r"""Video files + manifest CSV -> a TFDS dataset in ArrayRecord format (the `tfd
 A process pool transcodes the inputs while the TFDS builder writes them. Each finished input
 is cached in a work directory (default DATA_DIR/_work/NAME), so a re-run after a crash or
 an interruption skips everything already done. Unreadable or truncated inputs are left out
-and listed in a summary (and in WORK/failed_<split>.csv) instead of stopping the run.
+and listed in a summary (and in WORK/failed_<split>.csv) instead of stopping the run. A
+finished dataset records what it was prepared from: the same command again does nothing, one
+with other inputs or options stops naming the difference unless --overwrite. Input errors are
+one line and exit code 2.
 
 `--store=video` keeps encoded video: the original bytes when neither --short_side nor --fps
 is given, else an H.264 re-encode (CRF --crf, a keyframe every second so clips seek fast), one
@@ -26,10 +29,13 @@ import glob
 import hashlib
 import io
 import itertools
+import json
 import multiprocessing
 import os
 import pickle
 import re
+import shutil
+import sys
 import time
 import types
 from collections.abc import Iterator, Sequence
@@ -72,7 +78,7 @@ class Options:
 class _Task:
     path: str  # absolute
     id: str  # path relative to the video root, unique within a split
-    label: int | None
+    labels: tuple[tuple[str, int], ...]  # (label set, class index) pairs
     cache: str  # where the finished item is (or will be) stored
     options: Options
 
@@ -176,12 +182,13 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version(VERSION)
 
-    def __init__(self, *, tasks, options, classes, workers, summary, **kwargs):
+    def __init__(self, *, tasks, options, classes, workers, summary, prepared_from, **kwargs):
         self._tasks: dict[str, list[_Task]] = tasks
         self._options: Options = options
-        self._classes: list[str] | None = classes
+        self._classes: dict[str, list[str]] = classes  # label set -> class names
         self._workers: int = workers
         self._summary: dict[str, SplitSummary] = summary
+        self._prepared_from: dict = prepared_from
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -192,14 +199,15 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "fps": tfds.features.Tensor(shape=(), dtype=np.float32),
         }
         metadata = dataclasses.asdict(self._options)
+        metadata[PREPARED_FROM] = self._prepared_from
         if self._options.store == "video":
             features["video"] = blob
         else:
             features["chunk"] = tfds.features.Tensor(shape=(), dtype=np.int64)
             features["frames"] = tfds.features.Sequence(blob)
             metadata[sources.FIRST_RECORD] = {}  # filled in as each split is written
-        if self._classes is not None:
-            features["label"] = tfds.features.ClassLabel(names=self._classes)
+        for label_set, names in self._classes.items():
+            features[sources.label_feature(label_set)] = tfds.features.ClassLabel(names=names)
         return tfds.core.DatasetInfo(
             builder=self,
             description="Videos prepared by vrl.data.prepare.",
@@ -230,8 +238,8 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "num_frames": item["num_frames"],
                 "fps": item["fps"],
             }
-            if self._classes is not None:
-                example["label"] = task.label
+            for label_set, label in task.labels:
+                example[sources.label_feature(label_set)] = label
             summary.examples += 1
             if self._options.store == "video":
                 yield task.id, {**example, "video": item["video"]}
@@ -241,6 +249,11 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             records[video] = len(parts)
             for part, record in enumerate(parts):
                 yield record_key(video, len(tasks), part), record
+        if not summary.examples:  # else TFDS's "AssertionError: No examples were yielded."
+            reasons = "; ".join(reason for _, reason in summary.failed[:3])
+            raise InputError(
+                f"split {split!r}: none of its {len(tasks)} input(s) could be read ({reasons})"
+            )
         if self._options.store == "frames":
             counts = [records[video] for video in sorted(records)]
             self.info.metadata[sources.FIRST_RECORD][split] = [0, *itertools.accumulate(counts)][
@@ -326,6 +339,11 @@ def _results(tasks: Sequence[_Task], workers: int):
 # --- the command ---------------------------------------------------------------------------------
 
 
+class InputError(ValueError):
+    """Bad input (arguments, manifests, videos, an existing dataset made from other inputs, no
+    readable video at all): `python -m vrl.data.prepare` prints it as one line and exits 2."""
+
+
 def prepare(
     videos: str,
     manifest: str,
@@ -337,45 +355,38 @@ def prepare(
     workers: int | None = None,
     work_dir: str | None = None,
     classes: Sequence[str] | None = None,
+    overwrite: bool = False,
+    allow_outside_root: bool = False,
 ) -> dict[str, SplitSummary]:
     """Builds dataset `name` in `out` from the manifests of `splits`; returns a summary per split.
 
-    Returns an empty dict when the dataset already exists with every requested split.
+    Returns an empty dict when the dataset already exists, made from the same inputs (manifest
+    rows, file sizes and times, class names) and options. Made from others, it is an
+    InputError naming the difference, unless `overwrite`: then it is deleted and made again.
     """
     videos, out = os.path.expanduser(videos), os.path.expanduser(out)
-    if not _NAME.match(name):
-        raise ValueError(f"--name={name!r}: use lower_snake_case (letters, digits, _)")
-    if not os.path.isdir(videos):
-        raise FileNotFoundError(f"--videos={videos} is not a directory")
-    if options.store not in ("video", "frames"):
-        raise ValueError(f"--store={options.store!r}; allowed: video, frames")
-    if options.chunk_frames < 1:
-        raise ValueError(f"--chunk_frames={options.chunk_frames}: must be >= 1")
     work_dir = work_dir or os.path.join(out, "_work", name)
-    existing = os.path.join(out, name, VERSION, "dataset_info.json")
-    if os.path.exists(existing):
-        have = tfds.builder_from_directory(os.path.dirname(existing)).info.splits.keys()
-        missing = [s for s in splits if s not in have]
-        if not missing:
-            logging.info("%s already prepared in %s with splits %s", name, out, sorted(have))
-            return {}
-        raise FileExistsError(
-            f"{os.path.dirname(existing)} exists with splits {sorted(have)} but not {missing}: "
-            f"delete it and run again listing every split (--split=...); finished items in "
-            f"{work_dir} are reused"
-        )
-    rows = {s: sources.read_manifest(_manifest_path(manifest, s, videos)) for s in splits}
-    for split, split_rows in rows.items():
-        where = f"manifest for split {split!r}"
-        sources.check_extensions([r.path for r in split_rows], sources.VIDEO_EXTENSIONS, where)
-        sources.check_exist(videos, [r.path for r in split_rows], where)
-    labelled = [split for split, split_rows in rows.items() if split_rows[0].label is not None]
-    if labelled and len(labelled) != len(rows):
-        raise ValueError(f"splits {labelled} have labels but others do not: label all or none")
-    names = lookup = None
-    if labelled:
-        all_labels = [r.label for split_rows in rows.values() for r in split_rows]
-        names, lookup = sources.class_names(all_labels, classes, f"manifests {manifest}")
+    try:
+        rows = _read_inputs(videos, manifest, name, splits, options, allow_outside_root)
+        names, lookups = _classes(rows, classes, manifest)
+    except (OSError, ValueError) as e:
+        raise InputError(str(e)) from None
+    prepared_from = _prepared_from(rows, names, options, videos)
+    dataset_dir = os.path.join(out, name, VERSION)
+    if os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
+        if not overwrite:
+            changes = _changes(dataset_dir, prepared_from)
+            if not changes:
+                logging.info("%s already prepared in %s from the same inputs and options; "
+                             "nothing to do", name, out)  # fmt: skip
+                return {}
+            raise InputError(
+                f"{dataset_dir} exists, prepared from other inputs or options: "
+                f"{'; '.join(changes)}. Add --overwrite to replace it (finished items in "
+                f"{work_dir} are reused), or give another --name"
+            )
+        logging.warning("--overwrite: deleting %s to prepare it again", dataset_dir)
+        shutil.rmtree(dataset_dir)
     fields = [f.name for f in dataclasses.fields(options) if f.name != "chunk_frames"]
     encoding = tuple(getattr(options, name) for name in fields)  # see Options
     key = hashlib.sha1(repr(encoding).encode()).hexdigest()[:8]
@@ -384,7 +395,7 @@ def prepare(
             _Task(
                 path=os.path.join(videos, r.path),
                 id=r.path,
-                label=None if lookup is None else lookup[r.label],
+                labels=tuple((s, lookups[s][r.labels[s]]) for s in names),
                 cache=_cache_path(work_dir, key, videos, r.path),
                 options=options,
             )
@@ -392,10 +403,6 @@ def prepare(
         ]
         for split, split_rows in rows.items()
     }
-    for split, split_tasks in tasks.items():
-        duplicates = len(split_tasks) - len({t.id for t in split_tasks})
-        if duplicates:
-            raise ValueError(f"manifest for split {split!r} lists {duplicates} path(s) twice")
     summary = {split: SplitSummary() for split in splits}
     builder = _builder_class(name)(
         tasks=tasks,
@@ -403,15 +410,117 @@ def prepare(
         classes=names,
         workers=workers or os.cpu_count() or 1,
         summary=summary,
+        prepared_from=prepared_from,
         data_dir=out,
         file_format="array_record",
     )
-    builder.download_and_prepare(
-        download_dir=os.path.join(work_dir, "downloads"),
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-    )
+    try:
+        builder.download_and_prepare(
+            download_dir=os.path.join(work_dir, "downloads"),
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
+    except InputError:
+        _report(summary, name, out, work_dir)  # lists every unreadable input
+        raise
     _report(summary, name, out, work_dir)
     return summary
+
+
+def _read_inputs(
+    videos: str,
+    manifest: str,
+    name: str,
+    splits: Sequence[str],
+    options: Options,
+    allow_outside_root: bool,
+) -> dict[str, list[sources.ManifestRow]]:
+    """Every split's manifest rows, after checking the arguments and that the files exist."""
+    if not _NAME.match(name):
+        raise ValueError(f"--name={name!r}: use lower_snake_case (letters, digits, _)")
+    if not os.path.isdir(videos):
+        raise FileNotFoundError(f"--videos={videos} is not a directory")
+    if options.store not in ("video", "frames"):
+        raise ValueError(f"--store={options.store!r}; allowed: video, frames")
+    if options.chunk_frames < 1:
+        raise ValueError(f"--chunk_frames={options.chunk_frames}: must be >= 1")
+    rows = {s: sources.read_manifest(_manifest_path(manifest, s, videos)) for s in splits}
+    for split, split_rows in rows.items():
+        where = f"manifest for split {split!r} ({_manifest_path(manifest, split, videos)})"
+        sources.check_extensions([r.path for r in split_rows], sources.VIDEO_EXTENSIONS, where)
+        if not allow_outside_root:
+            sources.check_inside_root(videos, split_rows, where)
+        sources.check_exist(videos, [r.path for r in split_rows], where)
+    return rows
+
+
+def _classes(rows: dict[str, list[sources.ManifestRow]], classes, manifest: str):
+    """(label set -> class names, label set -> {label text: index}) over every split."""
+    label_sets = {split: sources.label_sets_of(split_rows) for split, split_rows in rows.items()}
+    first = next(iter(label_sets.values()))
+    if any(sets != first for sets in label_sets.values()):
+        raise ValueError(f"manifests {manifest}: the splits have other label columns: {label_sets}")
+    if classes is not None and len(first) != 1:
+        raise ValueError(
+            f"--classes names the classes of a manifest with one label column; {manifest} has "
+            f"{len(first)} ({', '.join(first) or 'none'})"
+        )
+    names, lookups = {}, {}
+    for label_set in first:
+        labels = [r.labels[label_set] for split_rows in rows.values() for r in split_rows]
+        where = f"manifests {manifest} ({label_set})"
+        names[label_set], lookups[label_set] = sources.class_names(labels, classes, where)
+    return names, lookups
+
+
+# metadata.json key: what a dataset was prepared from, so that a re-run can tell.
+PREPARED_FROM = "prepared_from"
+
+
+def _prepared_from(rows, names, options: Options, videos: str) -> dict:
+    """Options, class names and, per split, the video count and a digest of the manifest rows
+    with each file's size and modification time (as JSON gives it back)."""
+    splits = {}
+    for split, split_rows in rows.items():
+        digest = hashlib.sha256()
+        for r in split_rows:
+            stat = os.stat(os.path.join(videos, r.path))
+            item = (r.path, sorted(r.labels.items()), stat.st_size, stat.st_mtime_ns)
+            digest.update(repr(item).encode())
+        splits[split] = {"videos": len(split_rows), "sha256": digest.hexdigest()[:16]}
+    record = {"options": dataclasses.asdict(options), "classes": names, "splits": splits}
+    return json.loads(json.dumps(record))
+
+
+def _changes(dataset_dir: str, now: dict) -> list[str]:
+    """How `now` differs from what the dataset in `dataset_dir` was prepared from (empty: same).
+
+    Asking for fewer splits than the dataset has is no change.
+    """
+    try:
+        with open(os.path.join(dataset_dir, "metadata.json"), encoding="utf-8") as f:
+            before = json.load(f).get(PREPARED_FROM)
+    except FileNotFoundError:
+        before = None
+    if before is None:  # prepared before inputs were recorded: only the splits can be compared
+        have = set(tfds.builder_from_directory(dataset_dir).info.splits.keys())
+        missing = [s for s in now["splits"] if s not in have]
+        return [f"it has splits {sorted(have)}, not {missing}"] if missing else []
+    changes = [
+        f"--{key}={before['options'].get(key)} then, {value} now"
+        for key, value in now["options"].items()
+        if before["options"].get(key) != value
+    ]
+    for split, was in now["splits"].items():
+        had = before["splits"].get(split)
+        if had is None:
+            changes.append(f"it has splits {sorted(before['splits'])}, not {split!r}")
+        elif had["videos"] != was["videos"]:
+            changes.append(f"split {split!r} had {had['videos']} videos, now {was['videos']}")
+        elif had["sha256"] != was["sha256"]:
+            changes.append(f"split {split!r}: other files, labels or file sizes/times")
+    if set(now["splits"]) == set(before["splits"]) and now["classes"] != before["classes"]:
+        changes.append("other class names")
+    return changes
 
 
 def _manifest_path(manifest: str, split: str, videos: str) -> str:
@@ -577,6 +686,12 @@ def _define_flags() -> None:
         "annotations", None, "--make_manifest input: Kinetics CSV, or UCF101/HMDB51 split dir."
     )
     flags.DEFINE_integer("fold", 1, "UCF101/HMDB51 split number (1-3).")
+    flags.DEFINE_bool(
+        "overwrite", False, "Replace an existing dataset NAME prepared from other inputs/options."
+    )
+    flags.DEFINE_bool(
+        "allow_outside_root", False, "Accept manifest paths that leave --videos (.., /, symlinks)."
+    )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -599,11 +714,17 @@ def main(argv: Sequence[str]) -> None:
             FLAGS.store, FLAGS.short_side, FLAGS.fps, FLAGS.jpeg_quality, FLAGS.crf,
             FLAGS.chunk_frames,
         )  # fmt: skip
-        classes = read_classes(FLAGS.classes) if FLAGS.classes else None
-        prepare(
-            FLAGS.videos, FLAGS.manifest, FLAGS.name, FLAGS.split, FLAGS.out,
-            options=options, workers=FLAGS.workers, work_dir=FLAGS.work_dir, classes=classes,
-        )  # fmt: skip
+        try:
+            classes = read_classes(FLAGS.classes) if FLAGS.classes else None
+            prepare(
+                FLAGS.videos, FLAGS.manifest, FLAGS.name, FLAGS.split, FLAGS.out,
+                options=options, workers=FLAGS.workers, work_dir=FLAGS.work_dir,
+                classes=classes, overwrite=FLAGS.overwrite,
+                allow_outside_root=FLAGS.allow_outside_root,
+            )  # fmt: skip
+        except (InputError, FileNotFoundError) as e:  # FileNotFoundError: --classes
+            print(f"vrl.data.prepare: {e}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ import csv
 import dataclasses
 import fractions
 import glob
+import io
 import os
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -54,14 +56,18 @@ class Source(abc.ABC):
 
 # --- manifests ----------------------------------------------------------------------------
 #
-# A manifest is a CSV with a header. Columns: `path` (required, relative to the source root),
-# `label` (optional: a class name, or an integer class index), and optionally both `num_frames`
-# and `fps` (the video's native frame count and rate) which spare the per-video probe.
+# A manifest is a UTF-8 CSV with a header (a byte-order mark is accepted). Columns: `path`
+# (required, relative to the source root), optionally both `num_frames` and `fps` (the video's
+# native frame count and rate, which spare the per-video probe), and any number of label
+# columns: every other column is a label set named by its header (`label`, or e.g. `motion`
+# and `digit`), holding class names or integer class indices.
 
-MANIFEST_COLUMNS = ("path", "label", "num_frames", "fps")
+META_COLUMNS = ("path", "num_frames", "fps")
+MANIFEST_COLUMNS = ("path", "label", "num_frames", "fps")  # the usual ones (make_manifest)
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".ogv", ".ogg", ".mpg")
 VIDEO_EXTENSIONS += (".mpeg", ".flv", ".3gp")
 LABEL_SET = "label"
+_LABEL_SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # metadata.json key of the frames store's per-split table: record position of each video's header.
 FIRST_RECORD = "first_record"
 _SHOWN = 5  # examples listed in an error message
@@ -69,67 +75,143 @@ _SHOWN = 5  # examples listed in an error message
 
 @dataclasses.dataclass(frozen=True)
 class ManifestRow:
+    """One video of a manifest. `label` is the `label` column; `labels` holds every label set
+    (label set -> class text), `label` included; `line` is the row's line in its file."""
+
     path: str
     label: str | None = None
     num_frames: int | None = None
     fps: float | None = None
+    labels: dict[str, str] | None = None
+    line: int | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        labels = dict(self.labels or {})
+        if self.label is not None:
+            labels.setdefault(LABEL_SET, self.label)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "label", labels.get(LABEL_SET))
 
 
 def read_manifest(path: str) -> list[ManifestRow]:
-    """Rows of a manifest CSV; raises ValueError naming the file, row and column on bad input."""
+    """Rows of a manifest CSV; raises ValueError naming the file, line and column on bad input."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"manifest {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = [c.strip() for c in reader.fieldnames or []]
-        if "path" not in header:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")  # Excel and Notepad start UTF-8 files with a BOM
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(
+            f"manifest {path}, line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at column "
+            f"{column}); save the file as UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [c.strip() for c in next(reader, [])]
+    if "path" not in header:
+        raise ValueError(
+            f"manifest {path}: the header must name a 'path' column (and optionally "
+            f"num_frames, fps and label columns), got {header or 'no header'}"
+        )
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise ValueError(f"manifest {path}, line 1: column(s) {repeated} appear twice")
+    label_sets = [c for c in header if c not in META_COLUMNS]
+    bad = [c for c in label_sets if not _LABEL_SET_NAME.match(c)]
+    if bad:
+        raise ValueError(
+            f"manifest {path}, line 1: column {bad[0]!r} is not a label set name (a letter, "
+            f"then letters, digits, _); columns: path, num_frames, fps and label sets"
+        )
+    if ("num_frames" in header) != ("fps" in header):
+        raise ValueError(f"manifest {path}: give both num_frames and fps columns, or neither")
+    rows, first_line = [], {}
+    for fields in reader:
+        line = reader.line_num
+        if not any(f.strip() for f in fields):
+            continue  # blank line
+        if len(fields) > len(header):
             raise ValueError(
-                f"manifest {path}: the header must name a 'path' column "
-                f"(allowed columns: {', '.join(MANIFEST_COLUMNS)}), got {header or 'no header'}"
+                f"manifest {path}, line {line}: {len(fields)} fields, the header has "
+                f"{len(header)} ({', '.join(header)}); quote values that contain commas"
             )
-        unknown = [c for c in header if c not in MANIFEST_COLUMNS]
-        if unknown:
-            allowed = ", ".join(MANIFEST_COLUMNS)
-            raise ValueError(f"manifest {path}: unknown column(s) {unknown}; allowed: {allowed}")
-        if ("num_frames" in header) != ("fps" in header):
-            raise ValueError(f"manifest {path}: give both num_frames and fps columns, or neither")
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            if not row.get("path"):
-                raise ValueError(f"manifest {path}, line {line}: empty 'path'")
-            try:
-                count = int(row["num_frames"]) if row.get("num_frames") else None
-                rate = float(row["fps"]) if row.get("fps") else None
-            except ValueError:
-                raise ValueError(
-                    f"manifest {path}, line {line}: num_frames must be an integer and fps a "
-                    f"number, got {row.get('num_frames')!r}, {row.get('fps')!r}"
-                ) from None
-            rows.append(ManifestRow(row["path"], row.get("label") or None, count, rate))
+        row = dict(zip(header, (f.strip() for f in fields)))
+        if not row.get("path"):
+            raise ValueError(f"manifest {path}, line {line}: empty 'path'")
+        key = os.path.normpath(row["path"])
+        if key in first_line:
+            raise ValueError(
+                f"manifest {path}, line {line}: {row['path']} is listed twice "
+                f"(first on line {first_line[key]})"
+            )
+        first_line[key] = line
+        try:
+            count = int(row["num_frames"]) if row.get("num_frames") else None
+            rate = float(row["fps"]) if row.get("fps") else None
+        except ValueError:
+            raise ValueError(
+                f"manifest {path}, line {line}: num_frames must be an integer and fps a "
+                f"number, got {row.get('num_frames')!r}, {row.get('fps')!r}"
+            ) from None
+        labels = {s: row[s] for s in label_sets if row.get(s)}
+        rows.append(ManifestRow(row["path"], None, count, rate, labels, line))
     if not rows:
         raise ValueError(f"manifest {path} is empty: it has a header but no rows")
-    labelled = sum(r.label is not None for r in rows)
-    if 0 < labelled < len(rows):
-        first = next(i for i, r in enumerate(rows) if r.label is None)
-        raise ValueError(
-            f"manifest {path}: {len(rows) - labelled} row(s) have no label while others do "
-            f"(first: line {first + 2}, {rows[first].path}); label every row or none"
-        )
+    for label_set in label_sets:
+        unlabelled = [r for r in rows if label_set not in r.labels]
+        if 0 < len(unlabelled) < len(rows):
+            raise ValueError(
+                f"manifest {path}, line {unlabelled[0].line}: no {label_set!r} for "
+                f"{unlabelled[0].path} while other rows have one ({len(unlabelled)} row(s) "
+                "without); label every row or none"
+            )
     return rows
+
+
+def label_sets_of(rows: Sequence[ManifestRow]) -> list[str]:
+    """The label sets of a manifest's rows (`read_manifest` checks every row has each one)."""
+    return list(rows[0].labels) if rows else []
 
 
 def write_manifest(path: str, rows: Iterable[ManifestRow]) -> int:
     """Writes rows as a manifest CSV (columns that no row uses are left out); returns the count."""
     rows = list(rows)
-    columns = ["path"] + [c for c in MANIFEST_COLUMNS[1:] if any(getattr(r, c) for r in rows)]
+    label_sets = list(dict.fromkeys(s for r in rows for s in r.labels))
+    meta = [c for c in ("num_frames", "fps") if any(getattr(r, c) for r in rows)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
+        writer.writerow(["path", *label_sets, *meta])
         for r in rows:
-            writer.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in columns])
+            values = [r.labels.get(s, "") for s in label_sets]
+            values += ["" if getattr(r, c) is None else getattr(r, c) for c in meta]
+            writer.writerow([r.path, *values])
     return len(rows)
+
+
+def check_inside_root(root: str, rows: Sequence[ManifestRow | str], where: str) -> None:
+    """Raises for paths that leave `root`: absolute, `..`, or a symlink pointing outside.
+
+    A manifest naming /etc/... or ../other_dataset/... is most likely a mistake (a manifest
+    made for another root); the sources allow it only with `allow_outside_root=True`.
+    """
+    real_root = os.path.realpath(root)
+    for row in rows:
+        rel = row.path if isinstance(row, ManifestRow) else row
+        at = f", line {row.line}" if isinstance(row, ManifestRow) and row.line else ""
+        full = os.path.join(root, rel)
+        if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == os.pardir:
+            reason = "is an absolute path" if os.path.isabs(rel) else "leaves the root with '..'"
+        elif os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
+            reason = f"is a symlink to {os.path.realpath(full)}, outside the root"
+        else:
+            continue
+        raise ValueError(
+            f"{where}{at}: {rel} {reason} (root {root}); list paths under the root, or set "
+            "allow_outside_root=True"
+        )
 
 
 def class_names(
@@ -227,7 +309,10 @@ class VideoFolder(Source):
     columns when present, else from probing the file's headers on first access (a few ms,
     cached per worker process). With `fps` set the source presents every video resampled to
     that rate: records report num_frames and fps at `fps`, and frame indices are at that rate.
-    `short_side` resizes frames while decoding. Label set: "label".
+    `short_side` resizes frames while decoding. Label sets: every label column of the manifest
+    (`label`, or several such as `motion` and `digit`; `classes` pins the names of a manifest
+    with one label set), "label" in tree mode. Paths that leave the root (absolute, `..`, a
+    symlink pointing outside) are refused unless `allow_outside_root`.
     """
 
     root: str
@@ -237,6 +322,7 @@ class VideoFolder(Source):
     fps: float | None = None
     short_side: int | None = None
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+    allow_outside_root: bool = False
 
     def __post_init__(self):
         if self.fps is not None and self.fps <= 0:
@@ -259,12 +345,11 @@ class VideoFolder(Source):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         num_frames, fps, error = self._frames(index)
-        label = self._labels[index]
         record = {
             "id": self._paths[index],
             "num_frames": num_frames,
             "fps": fps,
-            "labels": {} if label is None else {LABEL_SET: label},
+            "labels": dict(self._labels[index]),
             "path": os.path.join(self._root, self._paths[index]),
         }
         if error:  # an unreadable header: reported by `decode`, where the pipeline expects it
@@ -283,7 +368,7 @@ class VideoFolder(Source):
 
     @property
     def label_names(self) -> dict[str, list[str]]:
-        return {LABEL_SET: list(self._names)} if self._names is not None else {}
+        return {name: list(names) for name, names in self._names.items()}
 
     def _frames(self, index: int) -> tuple[int, float, str | None]:
         """(num_frames, fps, error) as presented: from the manifest, else probed once per process.
@@ -313,17 +398,29 @@ class VideoFolder(Source):
         rows = read_manifest(path)
         paths = [r.path for r in rows]
         check_extensions(paths, self.extensions, where)
+        if not self.allow_outside_root:
+            check_inside_root(self._root, rows, where)
         check_exist(self._root, paths, where)
         meta = [(r.num_frames, r.fps) if r.num_frames is not None else None for r in rows]
-        if rows[0].label is None:
-            return paths, [None] * len(rows), meta, None
-        all_labels = [r.label for r in rows]
+        label_sets = label_sets_of(rows)
+        if self.classes is not None and len(label_sets) != 1:
+            raise ValueError(
+                f"{where}: `classes` names the classes of a manifest with one label column; "
+                f"this one has {len(label_sets)} ({', '.join(label_sets) or 'none'})"
+            )
+        all_labels = {s: [r.labels[s] for r in rows] for s in label_sets}
         if self.classes is None and "{split}" in pattern:
             for other in sorted(glob.glob(pattern.replace("{split}", "*"))):
                 if os.path.abspath(other) != os.path.abspath(path):
-                    all_labels += [r.label for r in read_manifest(other) if r.label is not None]
-        names, lookup = class_names(all_labels, self.classes, where)
-        return paths, [lookup[r.label] for r in rows], meta, names
+                    for r in read_manifest(other):
+                        for s in label_sets:
+                            if s in r.labels:
+                                all_labels[s].append(r.labels[s])
+        names, lookups = {}, {}
+        for s in label_sets:
+            names[s], lookups[s] = class_names(all_labels[s], self.classes, f"{where} ({s})")
+        labels = [{s: lookups[s][r.labels[s]] for s in label_sets} for r in rows]
+        return paths, labels, meta, names
 
     def _from_tree(self):
         where = f"video_folder tree {self._root}"
@@ -353,7 +450,10 @@ class VideoFolder(Source):
         if not paths:
             raise ValueError(f"{where}: no videos found (expected root/<class name>/<video>)")
         check_extensions(paths, self.extensions, where)
-        return paths, labels, [None] * len(paths), names
+        if not self.allow_outside_root:
+            check_inside_root(self._root, paths, where)
+        labels = [{LABEL_SET: label} for label in labels]
+        return paths, labels, [None] * len(paths), {LABEL_SET: names}
 
 
 @registry.register("source", "tfds")
@@ -384,7 +484,11 @@ class PreparedDataset(Source):
         source = self._open()
         features = source.dataset_info.features
         self._store = "video" if "video" in features else "frames"
-        self._names = list(features["label"].names) if "label" in features else None
+        self._names = {  # label set -> class names
+            name: list(features[key].names)
+            for key in features.keys()
+            if (name := label_set_of_feature(key)) is not None
+        }
         self._len = len(source)
         if self._store == "frames":
             metadata = source.dataset_info.metadata or {}
@@ -423,7 +527,7 @@ class PreparedDataset(Source):
             "id": _text(example["id"]),
             "num_frames": decode.num_frames_at(native_count, native_fps, self.fps),
             "fps": self.fps or native_fps,
-            "labels": {LABEL_SET: int(example["label"])} if self._names is not None else {},
+            "labels": {name: int(example[label_feature(name)]) for name in self._names},
             "native": (native_count, native_fps),
         }
         if self._store == "video":
@@ -457,7 +561,7 @@ class PreparedDataset(Source):
 
     @property
     def label_names(self) -> dict[str, list[str]]:
-        return {LABEL_SET: list(self._names)} if self._names is not None else {}
+        return {name: list(names) for name, names in self._names.items()}
 
     def frame_bytes(self, record: dict[str, Any], frames: np.ndarray) -> list[bytes]:
         """The stored JPEG images of native `frames` (sorted, unique) of a frames-store record.
@@ -486,6 +590,18 @@ class PreparedDataset(Source):
             data_dir = os.path.expanduser(self.data_dir) if self.data_dir else None
             self._source = _data_source(self.dataset, data_dir, self.split)
         return self._source
+
+
+def label_feature(label_set: str) -> str:
+    """The prepared dataset's ClassLabel feature of a label set: "label", or "label_<set>"."""
+    return "label" if label_set == LABEL_SET else f"label_{label_set}"
+
+
+def label_set_of_feature(feature: str) -> str | None:
+    """The label set a prepared dataset's feature holds (None: not a label feature)."""
+    if feature == "label":
+        return LABEL_SET
+    return feature.removeprefix("label_") if feature.startswith("label_") else None
 
 
 def _data_source(name: str, data_dir: str | None, split: str):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vrl import registry
+from vrl.config import ConfigError
 from vrl.models import layers, tokenlearner
 
 # size -> (width, depth, heads, mlp_dim)
@@ -510,6 +511,40 @@ class ViT(nn.Module):
         if self.tokenlearner_layer is not None and not self.tokenfuser:
             return t, self.tokenlearner_tokens, 1
         return t, h, w
+
+    def check_clip(self, frames: int, height: int, width: int) -> None:
+        """Raises ConfigError for settings that cannot run on clips of this size; the trainer
+        calls it at start-up, so they never reach init or the compiler as a shape traceback."""
+        if any(c % p for c, p in zip((frames, height, width), self.patch)):
+            raise ConfigError(
+                f"config.model.patch={tuple(self.patch)}: does not divide the clip (frames, "
+                f"height, width)=({frames}, {height}, {width}) the train ops make; allowed: a "
+                "patch whose sides divide the clip's"
+            )
+        dim, depth, heads, _ = self.dims
+        if heads < 1 or dim % heads:
+            divisors = [d for d in range(1, dim + 1) if dim % d == 0]
+            raise ConfigError(
+                f"config.model.heads={heads}: does not divide the width {dim}; allowed: "
+                f"{', '.join(map(str, divisors))}"
+            )
+        if self.tokenlearner_layer is None:
+            return
+        if self.tokenlearner_tokens < 1:
+            raise ConfigError(
+                f"config.model.tokenlearner_tokens={self.tokenlearner_tokens}: allowed: >= 1"
+            )
+        last = depth - 1 if self.tokenfuser else depth
+        if not 0 <= self.tokenlearner_layer <= last:
+            raise ConfigError(
+                f"config.model.tokenlearner_layer={self.tokenlearner_layer}: allowed: 0 to "
+                f"{last} (depth={depth}{', tokenfuser' if self.tokenfuser else ''})"
+            )
+        if self.rope:
+            raise ConfigError(
+                "config.model.rope=True cannot be combined with tokenlearner_layer; allowed: "
+                "one of them"
+            )
 
     @property
     def output_dim(self) -> int:

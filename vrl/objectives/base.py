@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vrl import registry
+
 PyTree = Any
 Metrics = dict[str, jax.Array]
 # A numpy op the pipeline applies to each example: (example, rng) -> example.
@@ -43,7 +45,10 @@ class Objective(abc.ABC):
     encoder: nn.Module
 
     def batch_ops(self, clip: ClipSpec) -> list[Op]:
-        """Extra pipeline ops (mask generation) appended after augmentation."""
+        """Extra pipeline ops (mask generation) appended after augmentation; called at start-up
+        with the clips the train ops make. By default none, for one clip per video: objectives
+        that take several views (or make masks) override it and check the views themselves."""
+        check_views(self, clip, 1)
         return []
 
     @abc.abstractmethod
@@ -88,6 +93,25 @@ class Objective(abc.ABC):
     def encoders(self) -> tuple[str, ...]:
         """Names accepted by `encoder_variables` (what a probe may measure)."""
         return ("encoder",)
+
+
+def check_views(objective: Objective, clip: ClipSpec, views: int) -> None:
+    """Refuses train ops that make another number of views per video than `objective` takes
+    (else the compiled step fails on a shape)."""
+    if clip.views == views:
+        return
+    from vrl import config as config_lib  # noqa: PLC0415 - config imports the registry
+
+    name = next(
+        (n for n in registry.names("objective") if type(objective) is registry.get("objective", n)),
+        type(objective).__name__,
+    )
+    hint = "uniform_clip(...)" if views == 1 else f"an op making {views} views"
+    takes = "one clip" if views == 1 else f"{views} views"
+    raise config_lib.ConfigError(
+        f"config.objective ({name}) takes {takes} per video, the train ops make "
+        f"{clip.views} views; start config.data.train_pp with {hint}"
+    )
 
 
 def layer_ids(params: PyTree) -> tuple[PyTree, int]:

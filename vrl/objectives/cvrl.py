@@ -43,6 +43,12 @@ class CVRL(base.Objective):
     head_layers: int = 3
     head_out: int = 128
 
+    def __post_init__(self):
+        if not self.temperature > 0:  # 0 divides by zero, < 0 rewards pushing positives apart
+            raise ConfigError(
+                f"config.objective.temperature: {self.temperature!r} is not allowed; allowed: > 0"
+            )
+
     @property
     def head(self) -> heads.ProjectionMLP:
         return heads.ProjectionMLP(

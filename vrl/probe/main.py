@@ -25,6 +25,7 @@ from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import metrics as metrics_lib
 from vrl.data import pipeline
+from vrl.probe import data as probe_data
 from vrl.probe import plots, views
 
 # Encoder names a probe config may list -> which parameters `api.load_encoder` takes.
@@ -38,7 +39,8 @@ class ProbeJobConfig:
     probe: dict = dataclasses.field(default_factory=lambda: {"name": "linear"})
     encoders: tuple[str, ...] = ("pretrained",)
     label_sets: tuple[str, ...] | None = None
-    # Overrides merged onto the checkpoint's config.data: source, splits, pipelines.
+    # Overrides merged onto the checkpoint's config.data: source, splits, pipelines. Source
+    # keys left unset keep the run's values (see vrl/probe/data.py).
     data: dict = dataclasses.field(default_factory=dict)
     # Pipelines of the train / test splits (default: the data config's test_pp for both; the
     # fine-tuning probe derives an augmented train_pp from it).
@@ -83,7 +85,7 @@ def job_config(probe: dict, source: str = ""):
     c.data.train_split = placeholder(str)
     c.data.test_split = placeholder(str)
     if source:
-        c.data.source = config_lib.defaults("source", source)
+        c.data.source = probe_data.unset_source(source)  # every key settable, none set
     c.train_pp = placeholder(str)
     c.test_pp = placeholder(str)
     c.test_views = placeholder(tuple)
@@ -104,8 +106,14 @@ def resolve_test_pp(job: ProbeJobConfig, data_cfg: pipeline.DataConfig) -> str:
     return data_cfg.test_pp
 
 
-def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, dict]:
-    """Runs one probe job; returns {result name: metrics}."""
+def run_job(
+    cfg: dict, writer: metrics_lib.Writer | None = None, *, refuse_overwrite: bool = True
+) -> dict[str, dict]:
+    """Runs one probe job; returns {result name: metrics}.
+
+    `refuse_overwrite`: a ConfigError, before any work, where results of the same name made on
+    other data exist (else they are replaced with a warning).
+    """
     job = check_eval_config(config_lib.drop_unset(cfg), "config")
     if not job.checkpoint:
         raise config_lib.ConfigError("config.checkpoint: required (the training run's --workdir)")
@@ -114,7 +122,7 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
     # What a probe consumes: "pooled" features, "tokens", or the "checkpoint" itself (fine-tuning).
     inputs = getattr(probe, "inputs", "pooled")
     meta, step = ckpt_lib.load_meta(job.checkpoint, job.step)
-    data = {**meta["config"].get("data", {}), **job.data}
+    data = probe_data.job_data(meta["config"].get("data", {}), job.data)
     data_cfg = config_lib.instantiate(pipeline.DataConfig, data, "config.data")
     label_names = pipeline.make_source(data_cfg, data_cfg.test_split).label_names
     label_sets = job.label_sets or tuple(label_names)
@@ -126,6 +134,9 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
             )
     test_pp = resolve_test_pp(job, data_cfg)
     out_dir = os.path.join(job.checkpoint, "probe")
+    names = [f"{probe_name}_{s}_{e}" for e in job.encoders for s in label_sets]
+    probe_data.check_results_kept(out_dir, names, data_cfg.source, refuse_overwrite)
+    probe_data.log_clips(meta, data, data_cfg.test_split, test_pp)
     os.makedirs(out_dir, exist_ok=True)
     own_writer = writer is None
     writer = writer or metrics_lib.Writer(job.checkpoint)
@@ -180,6 +191,7 @@ def run_job(cfg: dict, writer: metrics_lib.Writer | None = None) -> dict[str, di
                 "step": step,
                 "encoder": encoder_name,
                 "test_pp": test_pp,
+                probe_data.SOURCE_KEY: probe_data.comparable(data_cfg.source),
                 "config": config_lib.to_dict(dataclasses.asdict(job)),
                 "git_commit": git_commit(),
             }
@@ -206,13 +218,15 @@ def run_evals(evals: dict[str, dict], workdir: str, writer=None) -> dict[str, di
     """Runs `config.evals` (probe configs without a checkpoint) on `workdir`; prints a table."""
     results = {}
     for eval_name, cfg in evals.items():
-        results.update(run_job({"name": eval_name, **cfg, "checkpoint": workdir}, writer))
-    summary_table(results)
+        job = {"name": eval_name, **cfg, "checkpoint": workdir}
+        results.update(run_job(job, writer, refuse_overwrite=False))
+    logging.info("\n%s", summary_table(results))
     return results
 
 
 def summary_table(results: dict[str, dict]) -> str:
-    """top-1 / top-5, and Recall@k where a probe reports retrieval."""
+    """top-1 / top-5, and Recall@k where a probe reports retrieval (not logged: the caller
+    prints or logs it once)."""
     recall_keys = sorted(
         {k for m in results.values() for k in m if k.startswith("recall@")},
         key=lambda k: int(k.split("@")[1]),
@@ -224,7 +238,7 @@ def summary_table(results: dict[str, dict]) -> str:
         + [m["num_test"]]
         for name, m in results.items()
     ]
-    return metrics_lib.log_table("Probe results", header, rows)
+    return metrics_lib.format_table("Probe results", header, rows)
 
 
 def git_commit() -> str | None:
