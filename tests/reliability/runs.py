@@ -97,6 +97,17 @@ class Run:
         ]
         if obey_file_modes and os.geteuid() == 0:
             command = WITHOUT_ROOT_OVERRIDE + command
+        self._start(command)
+
+    @classmethod
+    def of_command(cls, command: list[str], log_path: str) -> "Run":
+        """Any command watched like a training run (tests of the harness itself)."""
+        run = cls.__new__(cls)
+        run.workdir, run.log_path = None, log_path
+        run._start(command)
+        return run
+
+    def _start(self, command: list[str]) -> None:
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

@@ -15,6 +15,8 @@ import pytest
 import runs
 
 HUGE_LR = "--config.optim.lr=1e30"
+# The parameter-norm guard would stop step 2 first (test_config_faults.py tests it): off here.
+NO_NORM_BOUND = "--config.max_param_norm=0"
 FAULT_STEP = 3
 
 
@@ -25,7 +27,7 @@ def finite(tree) -> bool:
 @pytest.mark.slow
 def test_nonfinite_loss_stops_with_step_and_metric_and_keeps_good_checkpoints(tmp_path):
     workdir = str(tmp_path / "run")
-    run = runs.Run(workdir, HUGE_LR, steps=6)
+    run = runs.Run(workdir, HUGE_LR, NO_NORM_BOUND, steps=6)
     assert run.wait() == 3, run.tail()
     lines = [ln for ln in run.output().splitlines() if ln.startswith("training stopped: ")]
     assert len(lines) == 1, run.tail()
@@ -46,7 +48,7 @@ def test_nonfinite_loss_stops_with_step_and_metric_and_keeps_good_checkpoints(tm
 @pytest.mark.slow
 def test_skip_mode_skips_and_counts_nonfinite_steps(tmp_path):
     workdir = str(tmp_path / "run")
-    run = runs.finish(workdir, HUGE_LR, "--config.on_nonfinite=skip", steps=6)
+    run = runs.finish(workdir, HUGE_LR, NO_NORM_BOUND, "--config.on_nonfinite=skip", steps=6)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if '"train/skipped_steps"' in line]
     skipped = {r["step"]: r["train/skipped_steps"] for r in rows}
