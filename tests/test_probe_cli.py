@@ -74,3 +74,11 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     result = probe_cli("configs/probe/knn.py", str(tmp_path / "missing"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("vrl.probe: no checkpoint directory")
+
+
+def test_cli_override_mistakes_are_one_line_and_exit_2(tmp_path):
+    result = probe_cli("configs/probe/linear.py", str(tmp_path), "--config.probe.epochz=3")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("vrl.probe: config.probe.epochz: unknown key; allowed: batch_size")
+    assert "Traceback" not in result.stderr

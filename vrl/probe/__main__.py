@@ -10,7 +10,7 @@ from ml_collections import config_flags
 
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
-from vrl import metrics
+from vrl import flag_errors, metrics
 from vrl.probe import main as probe_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Probe config file.", lock_config=True)
@@ -28,5 +28,16 @@ def main(argv):
     print(probe_main.summary_table(results))
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """A mistake in --config or an override: one line `vrl.probe: ...` and exit 2."""
+    try:
+        return flag_errors.parse(argv)
+    except config_lib.ConfigError as e:
+        print(f"vrl.probe: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - absl reports its own flags' errors (exit 1)
+        return app.parse_flags_with_usage(argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
