@@ -100,9 +100,7 @@ def clear_incomplete(workdir: str) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             logging.warning("Deleted %s: a checkpoint save that was interrupted.", path)
         elif name.isdigit():
-            aside = os.path.join(os.path.dirname(root), INCOMPLETE, f"{name}-{time.time_ns()}")
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            os.rename(path, aside)
+            aside = _move_aside(path, INCOMPLETE)
             logging.warning(
                 "Checkpoint step %s is incomplete (no %s): not restored; moved %s to %s.",
                 name,
@@ -114,6 +112,17 @@ def clear_incomplete(workdir: str) -> list[str]:
             continue
         found.append(path)
     return found
+
+
+def _move_aside(step_dir: str, folder: str) -> str:
+    """Moves a step directory to WORKDIR/<folder>/<step>-<time> (nothing is deleted)."""
+    checkpoints = os.path.dirname(step_dir)
+    aside = os.path.join(
+        os.path.dirname(checkpoints), folder, f"{os.path.basename(step_dir)}-{time.time_ns()}"
+    )
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.rename(step_dir, aside)
+    return aside
 
 
 def set_aside_damaged(workdir: str) -> list[int]:
@@ -135,9 +144,7 @@ def set_aside_damaged(workdir: str) -> list[int]:
             _warn_unverified(path, step)
         if result.status != "damaged":
             break
-        aside = os.path.join(os.path.dirname(root), DAMAGED, f"{step}-{time.time_ns()}")
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        os.rename(path, aside)
+        aside = _move_aside(path, DAMAGED)
         logging.warning(
             "Checkpoint step %d is damaged (%s): not restored; moved %s to %s.",
             step,
