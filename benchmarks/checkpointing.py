@@ -29,6 +29,7 @@ from benchmarks import common
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import metrics, optim, sharding, state
+from vrl.durations import RunLength
 from vrl.models import vit
 from vrl.objectives import base
 
@@ -53,9 +54,7 @@ def train_state(model: dict):
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
     tx, _ = optim.make(
         optim.OptimConfig(name="adamw", weight_decay=0.05),
-        total_steps=1000,
-        batch_size=2,
-        steps_per_epoch=100,
+        RunLength(steps_per_epoch=100, batch_size=2, total_steps=1000),
     )
     train, shardings = state.init_state(
         objective, tx, init_batch, mesh, sharding.RULES["data"], seed=0

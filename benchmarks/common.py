@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from vrl import optim, sharding, state
+from vrl.durations import RunLength
 from vrl.objectives import base
 
 PERFORMANCE_MD = os.path.join(os.path.dirname(__file__), "..", "docs", "PERFORMANCE.md")
@@ -91,9 +92,7 @@ def time_train_step(objective: base.Objective, batch: dict, steps: int, warmup: 
     rules = sharding.RULES["data"]
     tx, lr = optim.make(
         optim.OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05),
-        total_steps=1000,
-        batch_size=batch_size,
-        steps_per_epoch=100,
+        RunLength(steps_per_epoch=100, batch_size=batch_size, total_steps=1000),
     )
     init_batch = {k: v[:2] for k, v in batch.items()}
     train_state, shardings = state.init_state(objective, tx, init_batch, mesh, rules, seed=0)

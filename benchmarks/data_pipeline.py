@@ -149,7 +149,7 @@ class PipelineRun:
     """vrl's training pipeline, kept open across rounds; records the windows it decoded."""
 
     def __init__(self, cfg: pipeline.DataConfig, seed: int = 0):
-        data = pipeline.train_dataset(cfg, seed=seed, process_index=0, process_count=1)
+        data = pipeline.train_data(cfg).iterator(seed=seed, process_index=0, process_count=1)
         self.batches = iter(data)
         self.windows: list[tuple[str, int]] = []
         next(self.batches)  # warm: headers probed, decoder libraries loaded
@@ -341,8 +341,8 @@ def worker_pids() -> list[int]:
 def worker_memory(folder: str, seconds: int) -> dict:
     """RSS of the Grain workers (MB, summed) sampled through a run of `seconds`."""
     source = {"name": "video_folder", "root": folder, "manifest": "manifest.csv"}
-    batches = iter(pipeline.train_dataset(data_config(source, workers=2), seed=0,
-                                          process_index=0, process_count=1))  # fmt: skip
+    data = pipeline.train_data(data_config(source, workers=2))
+    batches = iter(data.iterator(seed=0, process_index=0, process_count=1))
     next(batches)
     pids = worker_pids()
     samples = [(0.0, sum(rss_mb(pid) for pid in pids))]

@@ -30,6 +30,7 @@ from benchmarks import common
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import optim, sharding, state
+from vrl.durations import RunLength
 from vrl.objectives import base
 
 _SIZE = flags.DEFINE_enum("size", "S", ["Ti", "S", "B"], "ViT size for the memory figures.")
@@ -67,9 +68,7 @@ def supervised(model: dict, opt: str = "adamw"):
     objective = base.build(config)
     tx, schedule = optim.make(
         optim.OptimConfig(name=opt, lr=0.1, schedule="constant"),
-        total_steps=10,
-        batch_size=32,
-        steps_per_epoch=10,
+        RunLength(steps_per_epoch=10, batch_size=32, total_steps=10),
     )
     return objective, tx, schedule
 
@@ -188,9 +187,7 @@ def accumulation_rows() -> list[list]:
             )
             tx, schedule = optim.make(
                 optim.OptimConfig(name="sgd", lr=0.1, schedule="constant"),
-                total_steps=10,
-                batch_size=32,
-                steps_per_epoch=10,
+                RunLength(steps_per_epoch=10, batch_size=32, total_steps=10),
             )
         batch = common.make_batch(objective, base.ClipSpec(4, 32, 32), 32, seed=1)
         mesh, rules = mesh_for("data")
@@ -222,13 +219,14 @@ def accumulation_rows() -> list[list]:
 
 
 WITH_MESH = f"""
+from configs.common import section
 from vrl import sharding
 from vrl.config import load_file
 
 
 def get_config(arg=None):
     c = load_file({RUN_CONFIG!r}, "runlocal")
-    c.mesh = config_lib.section(sharding.MeshConfig)
+    c.mesh = section(sharding.MeshConfig)
     c.total_steps = {STEPS}
     c.ckpt.every_steps = 1
     c.ckpt.keep = 5
@@ -264,14 +262,14 @@ def run_local(root: str, workdir: str, processes: int, devices: int, *flags: str
 
 
 def run_in_process(workdir: str) -> None:
-    from vrl import train  # noqa: PLC0415 - the data stack is only needed here
+    from vrl import evaluators  # noqa: PLC0415 - the data stack is only needed here
 
     config = config_lib.load_file(RUN_CONFIG, "runlocal")
     config.total_steps = STEPS
     config.ckpt.every_steps = 1
     config.ckpt.keep = 5
     config.evals = {}
-    train.train_and_evaluate(config, workdir)
+    evaluators.train_and_evaluate(config, workdir)
 
 
 def losses(workdir: str) -> dict[int, float]:

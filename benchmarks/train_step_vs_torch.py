@@ -31,6 +31,7 @@ from absl import app, flags
 from benchmarks import common
 from vrl import config as config_lib
 from vrl import optim, sharding, state
+from vrl.durations import RunLength
 from vrl.models import layers, r3d, vit
 from vrl.objectives import base
 
@@ -215,9 +216,7 @@ class VrlStep:
         rules = sharding.RULES["data"]
         tx, lr = optim.make(
             optim.OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05),
-            total_steps=1000,
-            batch_size=len(batch["video"]),
-            steps_per_epoch=100,
+            RunLength(steps_per_epoch=100, batch_size=len(batch["video"]), total_steps=1000),
         )
         init_batch = {k: v[:2] for k, v in batch.items()}
         self.state, shardings = state.init_state(objective, tx, init_batch, mesh, rules, seed=0)

@@ -15,7 +15,8 @@ $VRL_DATA_DIR (or --config.data.source.data_dir).
 
 import os
 
-from vrl.config import data_section, defaults, parse_arg, run_config, runlocal_data
+from configs.common import data_section, defaults, run_config, runlocal_data
+from vrl.config import parse_arg
 
 CVRL_SPATIAL = (
     "random_resized_crop(size={size}, area=(0.3, 1.0), aspect=(0.5, 2.0))|flip(p=0.5)"
@@ -39,12 +40,10 @@ def get_config(arg=None):
         test_pp="center_clip(frames=32, stride=2)|resize_short(size=256)|center_crop(size=224)",
         num_workers=16,
     )
-    c.model = defaults("model", "cvrl_r3d", depth=50, width=1.0)
-    c.objective = defaults(
-        "objective", "cvrl", temperature=0.1, head_hidden=2048, head_layers=3, head_out=128
-    )
-    c.optim.update(name="sgd", lr=0.32, momentum=0.9, warmup_epochs=5.0, weight_decay=1e-6)
-    c.ckpt.update(every_steps=2000, keep=3)
+    c.model = defaults("model", "cvrl_r3d")
+    c.objective = defaults("objective", "cvrl")
+    c.optim.update(name="sgd", lr=0.32, warmup_epochs=5.0, weight_decay=1e-6)
+    c.ckpt.every_steps = 2000
     if args.runlocal:
         c.total_epochs = None
         c.total_steps = 3

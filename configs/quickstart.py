@@ -8,12 +8,15 @@ No horizontal flip: the dataset has left/right motion classes, and a flip would 
 that they are the same thing.
 """
 
-from vrl.config import data_section, defaults, parse_arg, run_config
+from ml_collections.config_dict import placeholder
+
+from configs.common import data_section, defaults, run_config
+from vrl.config import parse_arg
 
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False)
-    c = run_config(total_steps=300, log_every_steps=50)
+    c = run_config(total_steps=300)
     # What two clips of a video share must be its motion, or CVRL learns something easier:
     # objects live 8 frames before fresh ones (new place, pose, size) take over, all objects
     # share one texture, and the background is flat (a textured one, shifted per video, would
@@ -35,10 +38,8 @@ def get_config(arg=None):
             "speed": (0.03, 0.05),
             "radius": (0.2, 0.25),
         },
-        batch_size=64,
         train_pp="cvrl_clips(frames=8, stride=1, power=4.0)",
         test_pp="center_clip(frames=8, stride=1)",
-        num_workers=0,
     )
     c.model = defaults("model", "cvrl_r3d", depth=18, width=0.125)
     c.objective = defaults(
@@ -48,9 +49,11 @@ def get_config(arg=None):
     c.ckpt.update(every_steps=100, keep=2)
     c.evals = dict(
         linear=dict(
+            # Listed (though they are the probe's defaults) so that the command line can set them.
             probe=dict(name="linear", solver="sgd", epochs=100, lr=0.1),
             encoders=("pretrained", "random"),
             label_sets=("motion", "appearance"),
+            every_steps=placeholder(int),  # e.g. 100: probe curves during training
         )
     )
     if args.runlocal:

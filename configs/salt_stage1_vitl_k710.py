@@ -14,7 +14,8 @@ mask types instead of tube masking; data, optimiser and schedule as V-JEPA's
 
 import os
 
-from vrl.config import defaults, load_file, parse_arg
+from configs.common import defaults
+from vrl.config import load_file, parse_arg
 
 VJEPA = os.path.join(os.path.dirname(__file__), "vjepa_vitl_k710.py")
 
@@ -23,13 +24,7 @@ def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="L")
     c = load_file(VJEPA, f"size={args.size}" + (",runlocal" if args.runlocal else ""))
     c.objective = defaults(
-        "objective",
-        "videomae",
-        mask="vjepa",
-        decoder_width=512,
-        decoder_depth=4,
-        decoder_heads=8,
-        norm_pix_loss=True,
+        "objective", "videomae", mask="vjepa", decoder_width=512, decoder_heads=8
     )
     if args.runlocal:
         c.objective.update(decoder_width=32, decoder_depth=1, decoder_heads=2)

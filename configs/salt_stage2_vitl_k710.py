@@ -5,31 +5,47 @@
 
 The teacher is the encoder of a stage-1 run (configs/salt_stage1_vitl_k710.py), loaded
 strictly from its checkpoint and never updated; its size may differ from the student's
-(`:size=` sets the student). L1 on layer-normed teacher features of hidden tokens under V-JEPA's
-masks, no EMA; data, optimiser and schedule as V-JEPA's. `:runlocal,teacher=DIR` runs on
-synthetic data with a runlocal stage-1 teacher.
+(`:size=` sets the student). L1 on layer-normed teacher features of hidden tokens under the
+teacher's masks (stage 1's), no EMA; data, optimiser and schedule as stage 1's (V-JEPA's), the
+predictor V-JEPA's. `:runlocal,teacher=DIR` runs on synthetic data with a runlocal stage-1
+teacher.
 """
 
 import os
 
-from vrl.config import defaults, load_file, parse_arg
+from configs.common import defaults
+from vrl import registry
+from vrl.config import ConfigError, load_file, parameters, parse_arg
 
-VJEPA = os.path.join(os.path.dirname(__file__), "vjepa_vitl_k710.py")
+HERE = os.path.dirname(__file__)
+STAGE1 = os.path.join(HERE, "salt_stage1_vitl_k710.py")
+VJEPA = os.path.join(HERE, "vjepa_vitl_k710.py")
+PREDICTOR = ("predictor_width", "predictor_depth", "predictor_heads")
 
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False, size="L", teacher="")
-    c = load_file(VJEPA, f"size={args.size}" + (",runlocal" if args.runlocal else ""))
-    predictor = {
-        k: c.objective[k] for k in ("predictor_width", "predictor_depth", "predictor_heads")
-    }
+    variant = f"size={args.size}" + (",runlocal" if args.runlocal else "")
+    c = load_file(STAGE1, variant)
+    vjepa = load_file(VJEPA, variant).objective
     c.objective = defaults(
         "objective",
         "salt",
         teacher_checkpoint=args.teacher,
-        num_blocks=(8, 2),
-        block_scale=(0.15, 0.7),
-        block_aspect=(0.75, 1.5),
-        **predictor,
+        **{k: vjepa[k] for k in PREDICTOR},
+        **teacher_masks(c.objective),
     )
     return c
+
+
+# SALT objective key -> key of the `vjepa_masks` op that stage 1's `mask="vjepa"` makes.
+MASK_KEYS = {"num_blocks": "num_blocks", "block_scale": "scale", "block_aspect": "aspect"}
+
+
+def teacher_masks(stage1_objective) -> dict:
+    """The multi-block settings stage 1 trained the teacher under, so the student hides what
+    its teacher learned to fill in (the student keeps its own keep_quantile)."""
+    if stage1_objective.mask != "vjepa":
+        raise ConfigError(f"salt stage 2: stage 1's mask is {stage1_objective.mask!r}, not 'vjepa'")
+    op = parameters(registry.get("transform", "vjepa_masks"))
+    return {key: op[op_key][1] for key, op_key in MASK_KEYS.items()}

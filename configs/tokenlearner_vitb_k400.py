@@ -15,7 +15,8 @@ at batch 512 scaled to the batch, label smoothing 0.1, mixup 0.8 / cutmix 1.0, d
 
 import os
 
-from vrl.config import TINY_VIT, data_section, defaults, parse_arg, run_config, runlocal_data
+from configs.common import TINY_VIT, data_section, defaults, run_config, runlocal_data
+from vrl.config import parse_arg
 
 
 def get_config(arg=None):
@@ -37,7 +38,6 @@ def get_config(arg=None):
         "model",
         "vit",
         size="B",
-        patch=(2, 16, 16),
         drop_path=0.1,
         tokenlearner_layer=args.layer,
         tokenlearner_tokens=args.tokens,
@@ -48,7 +48,6 @@ def get_config(arg=None):
         "objective",
         "supervised",
         num_classes=400,
-        label_set="label",
         label_smoothing=0.1,
         mixup=0.8,
         cutmix=1.0,
@@ -61,7 +60,7 @@ def get_config(arg=None):
         warmup_epochs=2.5,
         clip_norm=1.0,
     )
-    c.ckpt.update(every_steps=2000, keep=3)
+    c.ckpt.every_steps = 2000
     if args.runlocal:
         c.total_epochs = None
         c.total_steps = 3

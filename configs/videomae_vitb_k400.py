@@ -12,15 +12,8 @@ cosine to 1e-5, 800 epochs (released K400 models; 1600 for the best). Sizes: `:s
 
 import os
 
-from vrl.config import (
-    TINY_VIT,
-    check_arg,
-    data_section,
-    defaults,
-    parse_arg,
-    run_config,
-    runlocal_data,
-)
+from configs.common import TINY_VIT, data_section, defaults, run_config, runlocal_data
+from vrl.config import check_arg, parse_arg
 
 DECODER = {"S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8)}
 
@@ -43,28 +36,18 @@ def get_config(arg=None):
         num_workers=16,
     )
     width, heads = DECODER[args.size]
-    c.model = defaults("model", "vit", size=args.size, patch=(2, 16, 16))
-    c.objective = defaults(
-        "objective",
-        "videomae",
-        mask="tube",
-        mask_ratio=0.9,
-        decoder_width=width,
-        decoder_depth=4,
-        decoder_heads=heads,
-        norm_pix_loss=True,
-    )
+    c.model = defaults("model", "vit", size=args.size)
+    c.objective = defaults("objective", "videomae", decoder_width=width, decoder_heads=heads)
     c.optim.update(
         name="adamw",
         lr=1.5e-4,
         lr_base_batch=256,
-        b1=0.9,
         b2=0.95,
         weight_decay=0.05,
         warmup_epochs=40.0,
         end_lr=1e-5,
     )
-    c.ckpt.update(every_steps=2000, keep=3)
+    c.ckpt.every_steps = 2000
     if args.runlocal:
         c.total_epochs = None
         c.total_steps = 3

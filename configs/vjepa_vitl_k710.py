@@ -15,15 +15,8 @@ Kinetics-710 is K400 + K600 + K700 without validation videos: prepare it as one 
 
 import os
 
-from vrl.config import (
-    TINY_VIT,
-    check_arg,
-    data_section,
-    defaults,
-    parse_arg,
-    run_config,
-    runlocal_data,
-)
+from configs.common import TINY_VIT, data_section, defaults, run_config, runlocal_data
+from vrl.config import check_arg, parse_arg
 from vrl.models.vit import SIZES
 
 
@@ -44,20 +37,9 @@ def get_config(arg=None):
         test_pp="center_clip(frames=16, stride=4)|resize_short(size=224)|center_crop(size=224)",
         num_workers=16,
     )
-    c.model = defaults("model", "vit", size=args.size, patch=(2, 16, 16))
-    c.objective = defaults(
-        "objective",
-        "vjepa",
-        predictor_width=384,
-        predictor_depth=12,
-        predictor_heads=12,
-        num_blocks=(8, 2),
-        block_scale=(0.15, 0.7),
-        block_aspect=(0.75, 1.5),
-        ema_start=0.998,
-        ema_end=1.0,
-        ema_steps=int(90_000 * 1.25),
-    )
+    c.model = defaults("model", "vit", size=args.size)
+    # The EMA momentum rises over the stretched schedule (1.25 x the run, as schedule_scale).
+    c.objective = defaults("objective", "vjepa", ema_fraction=1.25)
     c.optim.update(
         name="adamw",
         lr=6.25e-4,
@@ -65,13 +47,11 @@ def get_config(arg=None):
         warmup_steps=12_000,
         end_lr=1e-6,
         schedule_scale=1.25,
-        b1=0.9,
-        b2=0.999,
         weight_decay=0.04,
         weight_decay_end=0.4,
         clip_norm=10.0,
     )
-    c.ckpt.update(every_steps=2000, keep=3)
+    c.ckpt.every_steps = 2000
     if args.runlocal:
         c.total_steps = 3
         c.log_every_steps = 1
@@ -82,6 +62,6 @@ def get_config(arg=None):
             "center_clip(frames=8, stride=2)|resize_short(size=64)|center_crop(size=64)",
         )
         c.model.update(TINY_VIT)
-        c.objective.update(predictor_width=32, predictor_depth=1, predictor_heads=2, ema_steps=None)
+        c.objective.update(predictor_width=32, predictor_depth=1, predictor_heads=2)
         c.optim.update(warmup_steps=1, lr=1e-3, warmup_init_lr=0.0)
     return c

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_probe_checkpoint import tiny_checkpoint
 
-from vrl import api
+from vrl import api, weights
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 
@@ -111,7 +111,7 @@ def test_teacher_parameters_are_applied_by_the_teacher_module():
 
     student, teacher = ViT(size="Ti", width=32, depth=1), ViT(size="Ti", width=16, depth=1)
     objective = types.SimpleNamespace(encoder=student, teacher=teacher)
-    assert api.encoder_module(objective, "teacher") is teacher
-    assert api.encoder_module(objective, "target") is student  # V-JEPA's EMA copy
-    assert api.encoder_module(objective, "encoder") is student
-    assert api.encoder_module(objective, "random") is student
+    assert weights.encoder_module(objective, "teacher") is teacher
+    assert weights.encoder_module(objective, "target") is student  # V-JEPA's EMA copy
+    assert weights.encoder_module(objective, "encoder") is student
+    assert weights.encoder_module(objective, "random") is student

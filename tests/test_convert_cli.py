@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_probe_cli import probe_cli
 
-from vrl import api, convert
+from vrl import api, convert, weights
 from vrl import checkpoint as ckpt_lib
 from vrl.convert import common
 from vrl.objectives import base
@@ -130,19 +130,19 @@ def test_fine_tuning_and_salt_start_from_the_converted_weights(converted):
     finetune = base.build({**meta["config"], "objective": {
         "name": "supervised", "num_classes": 3, "init_from": workdir}})  # fmt: skip
     params, extra = jax.jit(lambda r: nn.meta.unbox(finetune.init(r, batch)))(jax.random.key(0))
-    params, _ = finetune.post_init(jax.device_get(params), jax.device_get(extra))
+    params, _ = weights.initial_variables(finetune, jax.device_get(params), jax.device_get(extra))
     np.testing.assert_array_equal(
         params["encoder"]["embed"]["projection"]["kernel"],
         loaded.variables["params"]["embed"]["projection"]["kernel"],
     )
 
     student = dict(meta["config"]["model"], depth=1)
-    salt = base.build({"model": student, "objective": {
+    salt = weights.build_objective({"model": student, "objective": {
         "name": "salt", "teacher_checkpoint": workdir, "num_blocks": (1,),
         "block_scale": (0.3,), "predictor_depth": 1, "predictor_width": 16,
         "predictor_heads": 2}})  # fmt: skip
     salt_batch = common.init_batch(salt, (4, 32, 32))
     params, extra = jax.jit(lambda r: nn.meta.unbox(salt.init(r, salt_batch)))(jax.random.key(0))
-    _, extra = salt.post_init(jax.device_get(params), jax.device_get(extra))
+    _, extra = weights.initial_variables(salt, jax.device_get(params), jax.device_get(extra))
     teacher = jax.tree.leaves(extra["teacher"])
     assert all(np.array_equal(a, b) for a, b in zip(teacher, jax.tree.leaves(loaded.variables)))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from vrl import api, convert
+from vrl import api, convert, weights
 from vrl import checkpoint as ckpt_lib
 from vrl.models import layers, video_resnet
 from vrl.objectives import base
@@ -100,7 +100,7 @@ class Vrl:
         self.encoder = api.load_encoder(workdir, batch_size=8)
         meta, step = ckpt_lib.load_meta(workdir)
         self.objective = base.build(meta["config"])
-        self.params, self.extra = api.restore_variables(workdir, step, self.objective, meta)
+        self.params, self.extra = weights.restore_variables(workdir, step, self.objective, meta)
         self._logits = jax.jit(
             lambda p, e, v: self.objective.logits(p, e, v, jax.random.key(0), False)[0]
         )

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vrl import api, convert  # noqa: E402
+from vrl import api, convert, weights  # noqa: E402
 from vrl import checkpoint as ckpt_lib  # noqa: E402
 from vrl.data import masks  # noqa: E402
 from vrl.objectives import base  # noqa: E402
@@ -106,7 +106,7 @@ def restore(workdir: str):
     """(objective, params, extra) of a converted run, strictly restored."""
     meta, step = ckpt_lib.load_meta(workdir, None)
     objective = base.build(meta["config"])
-    params, extra = api.restore_variables(workdir, step, objective, meta)
+    params, extra = weights.restore_variables(workdir, step, objective, meta)
     return meta["config"], objective, params, extra
 
 

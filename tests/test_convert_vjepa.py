@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vrl import api, convert  # noqa: E402
+from vrl import api, convert, weights  # noqa: E402
 from vrl.checkpoint import load_meta  # noqa: E402
 from vrl.convert import ConversionError, Options  # noqa: E402
 from vrl.models import layers, vit  # noqa: E402
@@ -101,7 +101,7 @@ def vrl_predictor(workdir: str, tokens, keep, target, grid, mask_type=1):
     from vrl.objectives import base  # noqa: PLC0415
 
     objective = base.build(meta["config"])
-    params, _ = api.restore_variables(workdir, 0, objective, meta)
+    params, _ = weights.restore_variables(workdir, 0, objective, meta)
     predictor = objective.predictor(tokens.shape[-1])
     apply = jax.jit(lambda p, x, k, t: predictor.apply(
         {"params": p}, vit.gather_tokens(x, k), k, grid, mask_type=mask_type, train=False,
@@ -196,7 +196,7 @@ def test_converted_run_trains(tmp_path):
     objective = base.build(meta["config"])
     batch = common.init_batch(objective, (shape["frames_per_clip"], *[shape["crop_size"]] * 2))
     batch["video"] = clips(shape)
-    params, extra = api.restore_variables(workdir, 0, objective, meta)
+    params, extra = weights.restore_variables(workdir, 0, objective, meta)
     loss_fn = jax.jit(lambda p, e, b: objective.loss(p, e, b, jax.random.key(0), False))
     loss, (metrics, _) = loss_fn(params, extra, batch)
     assert np.isfinite(float(loss)) and set(metrics) == {"l1_mask0", "l1_mask1"}

@@ -8,7 +8,7 @@ import pytest
 import videos
 
 from vrl.data import decode
-from vrl.data.sources import DecodeError
+from vrl.data.decode import DecodeError
 
 FRAMES = 40
 

@@ -17,7 +17,7 @@ import pytest
 
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
-from vrl import train
+from vrl import evaluators
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIG = os.path.join(REPO, "configs", "videomae_vitb_k400.py")
@@ -32,7 +32,7 @@ def in_process(workdir: str) -> None:
         section, _, name = key.rpartition(".")
         (config[section] if section else config)[name] = value
     config.evals = {}
-    train.train_and_evaluate(config, workdir)
+    evaluators.train_and_evaluate(config, workdir)
 
 
 def launch(workdir: str, processes: int, devices: int, *flags: str) -> subprocess.CompletedProcess:

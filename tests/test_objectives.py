@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vrl import api, train
+from vrl import api, evaluators
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
+from vrl import setup as setup_lib
+from vrl.durations import RunLength
 from vrl.models.vit import ViT
 from vrl.objectives import jepa, mae
 
@@ -42,8 +44,15 @@ def test_ema_update_and_momentum_schedule():
     np.testing.assert_allclose(float(objective.momentum(50)), 1.0)
     updated = objective.update_extra(extra, params, jnp.asarray(5))
     np.testing.assert_allclose(np.asarray(updated["target"]["w"]), 0.05 * 2.0, rtol=1e-6)
-    assert objective.for_training(123).ema_steps == 10
-    assert jepa.VJEPA(encoder=encoder).for_training(123).ema_steps == 123
+    length = RunLength(steps_per_epoch=40, batch_size=8, total_steps=123)
+    assert objective.for_training(length).ema_steps == 10
+    assert jepa.VJEPA(encoder=encoder).for_training(length).ema_steps == 123
+    # The horizon follows the run's length: a fraction, or epochs of it.
+    stretched = jepa.VJEPA(encoder=encoder, ema_fraction=1.25).for_training(length)
+    assert stretched.ema_steps == 154 and stretched.ema_fraction is None
+    assert jepa.VJEPA(encoder=encoder, ema_epochs=2.0).for_training(length).ema_steps == 80
+    with pytest.raises(config_lib.ConfigError, match="ema_steps / config.objective.ema_fraction"):
+        jepa.VJEPA(encoder=encoder, ema_steps=5, ema_fraction=1.0).for_training(length)
 
 
 def learning_config(name: str, steps: int = 30):
@@ -68,7 +77,7 @@ def losses(workdir: str) -> list[float]:
 def test_loss_decreases_over_30_steps(config_name, tmp_path):
     config = learning_config(config_name)
     config.optim.lr = 3e-3
-    train.train_and_evaluate(config, str(tmp_path))
+    evaluators.train_and_evaluate(config, str(tmp_path))
     values = losses(str(tmp_path))
     assert len(values) == 30 and all(np.isfinite(values))
     assert np.mean(values[-5:]) < np.mean(values[:5]), values
@@ -78,7 +87,7 @@ def test_loss_decreases_over_30_steps(config_name, tmp_path):
 def test_salt_two_stages_through_real_checkpoints(tmp_path):
     """Stage 1 trains a teacher; stage 2 loads it strictly, learns, and never changes it."""
     teacher_dir, student_dir = str(tmp_path / "teacher"), str(tmp_path / "student")
-    train.train_and_evaluate(learning_config("salt_stage1_vitl_k710.py", steps=4), teacher_dir)
+    evaluators.train_and_evaluate(learning_config("salt_stage1_vitl_k710.py", steps=4), teacher_dir)
 
     stage2 = config_lib.load_file(
         os.path.join(CONFIGS, "salt_stage2_vitl_k710.py"), f"runlocal,teacher={teacher_dir}"
@@ -91,7 +100,7 @@ def test_salt_two_stages_through_real_checkpoints(tmp_path):
     # The student may differ from the teacher: make it wider.
     stage2.model.width = 96
     stage2.model.heads = 3
-    train.train_and_evaluate(stage2, student_dir)
+    evaluators.train_and_evaluate(stage2, student_dir)
     values = losses(student_dir)
     assert np.mean(values[-5:]) < np.mean(values[:5]), values
 
@@ -105,14 +114,14 @@ def test_salt_two_stages_through_real_checkpoints(tmp_path):
 def test_salt_without_teacher_is_a_config_error():
     config = config_lib.load_file(os.path.join(CONFIGS, "salt_stage2_vitl_k710.py"), "runlocal")
     with pytest.raises(config_lib.ConfigError, match="teacher_checkpoint: required"):
-        train.setup(config)
+        setup_lib.setup(config)
     config.objective.teacher_checkpoint = "/nonexistent/run"
     with pytest.raises(config_lib.ConfigError, match="teacher_checkpoint: no checkpoint"):
-        train.setup(config)
+        setup_lib.setup(config)
 
 
 def test_masked_objective_rejects_cvrl_r3d():
     config = config_lib.to_dict(learning_config("videomae_vitb_k400.py", steps=1))
     config["model"] = {"name": "cvrl_r3d", "depth": 18, "width": 0.125}
     with pytest.raises(config_lib.ConfigError, match="needs an encoder that takes keep_idx"):
-        train.train_and_evaluate(config, "/tmp/unused-vrl-run")
+        evaluators.train_and_evaluate(config, "/tmp/unused-vrl-run")

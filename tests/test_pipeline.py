@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import videos
 
-from vrl import train
-from vrl.data import decode, pipeline, prepare
+from vrl import config, evaluators
+from vrl.data import decode, masks, pipeline, prepare, stats
+from vrl.data.types import ClipSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES = 40
@@ -47,8 +48,18 @@ def data_config(root, pp=PLAIN_PP, **kwargs) -> pipeline.DataConfig:
     return pipeline.DataConfig(**{**fields, **kwargs})
 
 
+def train_data(cfg) -> pipeline.TrainData:
+    source = pipeline.make_source(cfg, cfg.train_split)
+    return pipeline.train_data(cfg, source, pipeline.make_ops(cfg.train_pp, "config.data.train_pp"))
+
+
+def iterator(cfg, seed=0, index=0, processes=1):
+    data = train_data(cfg)
+    return iter(data.iterator(seed=seed, process_index=index, process_count=processes))
+
+
 def batches(cfg, count, seed=0, index=0, processes=1):
-    it = iter(pipeline.train_dataset(cfg, seed=seed, process_index=index, process_count=processes))
+    it = iterator(cfg, seed, index, processes)
     return [next(it) for _ in range(count)]
 
 
@@ -99,9 +110,10 @@ def test_repeated_sampling_decodes_each_video_once(folder, monkeypatch):
         calls.append((os.path.relpath(path, folder), np.shape(indices)))
         return real(path, indices, stats=stats, **kwargs)
 
-    monkeypatch.setattr(decode, "decode_frames", counting)
     cfg = data_config(folder, batch_size=4, repeated_samples=2)
-    got = batches(cfg, 3)
+    it = iterator(cfg)  # decodes example 0 for the clip shape, before the counting starts
+    monkeypatch.setattr(decode, "decode_frames", counting)
+    got = [next(it) for _ in range(3)]
     assert len(calls) == 6  # 3 batches x 2 videos, each opened and decoded once
     assert all(shape == (2, 4) for _, shape in calls)  # both clips' windows in one call
     assert stats.frames_decoded < 6 * FRAMES  # windows only, never whole files
@@ -117,6 +129,35 @@ def test_repeated_sampling_decodes_each_video_once(folder, monkeypatch):
     assert (starts[:, 0] != starts[:, 1]).any()
     # Only the first clip of a decoded video carries its skip count.
     assert all(b["data/skipped"].tolist() == [0, 0, 0, 0] for b in got)
+
+
+# --------------------------------------------------------------------------- the data handle
+
+
+def test_train_data_decodes_example_0_once_for_the_clip_and_checks_its_length(folder, monkeypatch):
+    cfg = data_config(folder, "cvrl_clips(frames=4, stride=2)|random_resized_crop(size=32)")
+    source = pipeline.make_source(cfg, cfg.train_split)
+    ops = pipeline.make_ops(cfg.train_pp, "config.data.train_pp")
+    calls = []
+    real = decode.decode_frames
+    monkeypatch.setattr(decode, "decode_frames", lambda *a, **k: calls.append(a) or real(*a, **k))
+    data = pipeline.train_data(cfg, source, ops)
+    assert len(calls) == 1  # example 0, once
+    assert data.clip == ClipSpec(frames=4, height=32, width=32, views=2)
+    assert data.num_examples == len(GOOD) and data.label_names == {"label": ["cat", "dog"]}
+    assert data.source is source and data.ops == ops
+    # The objective's mask ops run after the train ops, on the clip the handle reported.
+    mask = ("mask", masks.tube_mask(grid=(2, 4, 4), ratio=0.5))
+    batches = data.iterator(seed=0, process_index=0, process_count=1, extra_ops=[mask])
+    batch = next(iter(batches))
+    assert batch["video"].shape == (4, 2, 4, 32, 32, 3) and batch["mask"].shape == (4, 32)
+    first = data.examples(seed=0, extra_ops=[mask])[0]
+    assert_same(first, {k: v[0] for k, v in batch.items()})
+
+    too_long = data_config(folder, "uniform_clip(frames=30, stride=2)")
+    ops = pipeline.make_ops(too_long.train_pp, "config.data.train_pp")
+    with pytest.raises(config.ConfigError, match=r"a clip spans 59 frames .*\(at most 40 frames"):
+        pipeline.train_data(too_long, source, ops)
 
 
 # ------------------------------------------------------------------------- unreadable files
@@ -152,11 +193,11 @@ def test_unreadable_files_are_replaced_deterministically_and_counted(tmp_path):
     assert set(named) == {"cat/bad0.mp4", "cat/bad1.mp4", "cat/bad2.m4v"}
     assert all(str(i).startswith("cat/good") for b in first for i in b["id"])
     # The trainer's counter reads the same host keys.
-    stats = train.DataStats(max_fraction=1.0)
+    counter = stats.DataStats(max_fraction=1.0)
     for batch in first:
-        stats.update(pipeline.split_host_keys(batch)[1])
-    assert stats.metrics() == {"data/skipped": skipped, "data/seen": 14 + skipped}
-    assert set(stats.bad) == set(named)
+        counter.update(pipeline.split_host_keys(batch)[1])
+    assert counter.metrics() == {"data/skipped": skipped, "data/seen": 14 + skipped}
+    assert set(counter.bad) == set(named)
 
 
 def test_trainer_stops_listing_bad_files_above_the_allowed_fraction(tmp_path):
@@ -175,8 +216,8 @@ def test_trainer_stops_listing_bad_files_above_the_allowed_fraction(tmp_path):
         "objective": {"name": "supervised", "num_classes": 1},
         "optim": {"name": "sgd", "lr": 0.1},
     }  # fmt: skip
-    with pytest.raises(pipeline.sources.DecodeError) as raised:
-        train.train_and_evaluate(config, str(tmp_path / "run"))
+    with pytest.raises(decode.DecodeError) as raised:
+        evaluators.train_and_evaluate(config, str(tmp_path / "run"))
     message = str(raised.value)
     assert "videos were unreadable, more than config.data.max_skip_fraction=0.2" in message
     listed = message.split("bad files: ")[1].split(", ")
@@ -191,12 +232,12 @@ def test_trainer_stops_listing_bad_files_above_the_allowed_fraction(tmp_path):
 def test_restored_iterator_state_gives_the_same_next_batch(folder, workers):
     pp = "uniform_clip(frames=4, stride=2)|random_resized_crop(size=32)|flip"
     cfg = data_config(folder, pp, batch_size=2, num_workers=workers, prefetch=2)
-    it = iter(pipeline.train_dataset(cfg, seed=3, process_index=0, process_count=1))
+    it = iterator(cfg, seed=3)
     for _ in range(2):
         next(it)
     state = it.get_state()
     expected = [next(it), next(it)]
-    resumed = iter(pipeline.train_dataset(cfg, seed=3, process_index=0, process_count=1))
+    resumed = iterator(cfg, seed=3)
     resumed.set_state(state)
     for want in expected:
         assert_same(want, next(resumed))

@@ -12,7 +12,7 @@ import pytest
 import videos
 
 from vrl import config
-from vrl.data import decode, prepare, sources
+from vrl.data import decode, manifests, prepare, sources
 
 LENGTHS = {"cat/a.mp4": 30, "cat/b.webm": 24, "dog/c.avi": 36}
 
@@ -121,7 +121,7 @@ def test_frames_store_round_trip_and_resume(inputs):
     assert record["num_frames"] == 6
     assert resized.decode(record, np.arange(6)).shape == (6, 24, 32, 3)
     assert shown(resized.decode(record, np.arange(6))) == [0, 6, 12, 18, 24, 30]
-    with pytest.raises(sources.DecodeError, match="frame 12 requested, the record has 12"):
+    with pytest.raises(decode.DecodeError, match="frame 12 requested, the record has 12"):
         source.decode(records[1], np.array([12]))
 
     # Done already: nothing to do.
@@ -140,7 +140,7 @@ def test_frames_store_chunks_read_only_the_records_a_clip_needs(inputs):
     """Chunks of 4 frames: every frame of every video comes back from its own chunk record."""
     build(inputs, "toy_chunks", store="frames", chunk_frames=4)
     source = sources.PreparedDataset(dataset="toy_chunks", data_dir=str(inputs / "out"))
-    first = source._first
+    first = source._reader._first
     assert len(source) == 2 and first[1] - first[0] == 1 + -(-LENGTHS[source[0]["id"]] // 4)
     for index in range(2):
         record = source[index]
@@ -148,8 +148,8 @@ def test_frames_store_chunks_read_only_the_records_a_clip_needs(inputs):
         assert shown(source.decode(record, every)) == every.tolist()
         assert shown(source.decode(record, np.array([13, 2, 13]))) == [13, 2, 13]
     # The record table is checked against the records it points at.
-    source._first = [first[0] + 1, first[1]]
-    with pytest.raises(sources.DecodeError, match="should hold chunk 0 of it"):
+    source._reader._first = [first[0] + 1, first[1]]
+    with pytest.raises(decode.DecodeError, match="should hold chunk 0 of it"):
         source.decode(source[0], np.array([0]))
 
 
@@ -219,7 +219,7 @@ def test_kinetics_manifest(tmp_path):
         "abseiling,abc,30,40,val\n"
     )
     touch(tmp_path / "k600" / "val" / "abc_000030_000040.mp4")
-    written = prepare.kinetics_manifest(
+    written = manifests.kinetics_manifest(
         str(tmp_path / "train.csv"), str(tmp_path / "k600"), str(tmp_path / "m" / "{split}.csv")
     )
     assert written == {"train": 2, "validation": 1}
@@ -240,12 +240,12 @@ def test_ucf101_manifest_and_class_index(tmp_path):
     (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\n")
     (lists / "testlist01.txt").write_text("YoYo/v_YoYo_g01_c01.avi\n")
     (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 YoYo\n")
-    written = prepare.ucf101_manifest(
+    written = manifests.ucf101_manifest(
         str(lists), str(videos_dir), str(tmp_path / "{split}.csv"), fold=1
     )
     assert written == {"train": 1, "test": 1}
     assert read(tmp_path / "test.csv") == [{"path": "YoYo/v_YoYo_g01_c01.avi", "label": "YoYo"}]
-    assert prepare.read_classes(str(lists / "classInd.txt")) == ["ApplyEyeMakeup", "YoYo"]
+    assert manifests.read_classes(str(lists / "classInd.txt")) == ["ApplyEyeMakeup", "YoYo"]
 
 
 def test_hmdb51_manifest(tmp_path):
@@ -255,7 +255,7 @@ def test_hmdb51_manifest(tmp_path):
     splits.mkdir()
     (splits / "brush_hair_test_split1.txt").write_text("a.avi 1 \nb.avi 2 \nc.avi 0 \n")
     (splits / "brush_hair_test_split2.txt").write_text("a.avi 2 \nb.avi 1 \nc.avi 1 \n")
-    written = prepare.hmdb51_manifest(
+    written = manifests.hmdb51_manifest(
         str(splits), str(videos_dir), str(tmp_path / "{split}.csv"), fold=1
     )
     assert written == {"train": 1, "test": 1}

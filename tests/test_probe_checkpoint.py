@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 
-from vrl import train
+from vrl import evaluators
 
 TEST_PP = "center_clip(frames=4, stride=2)|resize_short(size=16)|center_crop(size=16)"
 
@@ -65,7 +65,7 @@ def tiny_checkpoint() -> str:
     root = tempfile.mkdtemp(prefix="vrl_probe_ckpt_")
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     workdir = os.path.join(root, "run")
-    train.train_and_evaluate(tiny_run_config(), workdir)
+    evaluators.train_and_evaluate(tiny_run_config(), workdir)
     return workdir
 
 

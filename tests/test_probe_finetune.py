@@ -7,8 +7,9 @@ import numpy as np
 from test_probe_checkpoint import TEST_PP, fresh_copy, tiny_run_config
 from test_probe_cli import probe_cli
 
-from vrl import api
+from vrl import api, evaluators, setup
 from vrl import config as config_lib
+from vrl.probe import main as probe_main
 
 
 def finetune_probe(**kwargs):
@@ -22,7 +23,7 @@ def test_training_config_follows_the_videomae_recipe():
     config = probe.training_config(
         "/runs/pre", 7, "encoder", run, run["data"], "motion", 8, train_pp
     )
-    assert config["total_steps"] == 12  # 3 epochs x 16 videos / batch 4
+    assert config["total_epochs"] == 3.0
     assert config["model"] == {**run["model"], "drop_path": 0.1}
     objective = config["objective"]
     assert objective["name"] == "supervised" and objective["num_classes"] == 8
@@ -35,10 +36,11 @@ def test_training_config_follows_the_videomae_recipe():
     assert optim["schedule"] == "cosine" and optim["warmup_epochs"] == 1.0
     assert optim["lr"] == 1e-3 and optim["lr_base_batch"] == 256 and optim["weight_decay"] == 0.05
     assert config["data"]["train_pp"] == train_pp and config["data"]["batch_size"] == 4
-    # The trainer accepts it as it is.
-    from vrl import train  # noqa: PLC0415
-
-    train.setup(config)
+    # The trainer accepts it as it is: 3 epochs x 16 videos / batch 4, tested at the end.
+    s = setup.setup(config)
+    assert s.length.total_steps == 12
+    assert config["evals"]["classification"]["probe"] == {"name": "classification"}
+    assert evaluators.build(s, "/runs/unused")[0].every_steps == 0
     # The random encoder is the same architecture trained from scratch.
     scratch = probe.training_config(
         "/runs/pre", 7, "random", run, run["data"], "motion", 8, train_pp
@@ -56,7 +58,8 @@ def test_models_without_drop_path_fine_tune_without_it():
 
 def test_cli_fine_tunes_from_the_checkpoint_with_multi_view_testing(tmp_path):
     """With lr 0 the fine-tuned encoder must still be exactly the pretrained one: proof that
-    the run started from the checkpoint. Evaluated every 2 steps and on 2 clips x 3 crops."""
+    the run started from the checkpoint. Evaluated every 2 steps and on 2 clips x 3 crops, by
+    the run's `classification` eval; a probe job of that kind on the run says the same."""
     workdir = fresh_copy(tmp_path)
     result = probe_cli(
         "configs/probe/finetune.py:runlocal", workdir, "--config.probe.lr=0.0",
@@ -77,6 +80,11 @@ def test_cli_fine_tunes_from_the_checkpoint_with_multi_view_testing(tmp_path):
     assert metrics["run_dir"] == run_dir
     for kind in ("per_class", "confusion", "pca"):
         assert os.path.exists(os.path.join(workdir, "probe", f"{name}_{kind}.png"))
+
+    # The fine-tuned run's own head, re-tested by a probe job, gives the final numbers again.
+    job = {"checkpoint": run_dir, "probe": {"name": "classification"}, "test_views": (2, 3)}
+    retested = probe_main.run_job({**job, "label_sets": ("motion",), "plots": False})
+    assert retested["classification_motion_pretrained"]["confusion"] == metrics["confusion"]
 
     clips = np.random.default_rng(0).integers(0, 256, (4, 4, 16, 16, 3), np.uint8)
     pretrained = api.load_encoder(workdir).embed(clips)

@@ -2,7 +2,6 @@
 divide, rule coverage of every model, equal train steps under every preset, FSDP memory,
 re-sharding restores, gradient accumulation and remat equivalence, batch-size errors."""
 
-import glob
 import logging
 import os
 import types
@@ -14,16 +13,19 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from configs import RECIPES
+from configs import common as config_common
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
-from vrl import optim, sharding, train
+from vrl import optim, sharding
+from vrl import setup as setup_lib
 from vrl.data import pipeline
+from vrl.durations import RunLength
 from vrl.models import heads, layers
 from vrl.objectives import base
 from vrl.state import abstract_state, init_state, make_train_step
 
 TINY_VIT = {"name": "vit", "width": 64, "depth": 1, "heads": 2, "patch": (2, 8, 8)}
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
 def supervised(model=None, opt="sgd", lr=0.5, eps=1e-8):
@@ -31,9 +33,7 @@ def supervised(model=None, opt="sgd", lr=0.5, eps=1e-8):
     objective = base.build(config)
     tx, schedule = optim.make(
         optim.OptimConfig(name=opt, lr=lr, schedule="constant", momentum=0.9, eps=eps),
-        total_steps=10,
-        batch_size=32,
-        steps_per_epoch=10,
+        RunLength(steps_per_epoch=10, batch_size=32, total_steps=10),
     )
     return objective, tx, schedule
 
@@ -195,15 +195,14 @@ def test_fit_spec_keeps_the_longest_dividing_prefix():
 def runlocal_models():
     """(name, objective, one real batch) for every config's :runlocal variant (and TokenFuser)."""
     out = []
-    for path in sorted(glob.glob(os.path.join(CONFIGS, "*.py"))):
+    for path in RECIPES:
         if "salt_stage2" in path:  # needs a stage-1 teacher run; same modules as vjepa
             continue
         args = ["runlocal"] + (["runlocal,fuser"] if "tokenlearner" in path else [])
         for arg in args:
-            s = train.setup(config_lib.load_file(path, arg))
-            clip = train.clip_spec(pipeline.ExampleMaker(s.train_source, s.train_ops))
-            data = pipeline.train_dataset(
-                s.data,
+            s = setup_lib.setup(config_lib.load_file(path, arg))
+            clip = s.train_data.clip
+            data = s.train_data.iterator(
                 seed=0,
                 process_index=0,
                 process_count=1,
@@ -397,7 +396,7 @@ def test_dcn_groups_are_blocks_of_consecutive_processes():
 
 
 def test_config_section_lists_every_mesh_key():
-    section = config_lib.section(sharding.MeshConfig, fsdp=8, rules="fsdp")
+    section = config_common.section(sharding.MeshConfig, fsdp=8, rules="fsdp")
     assert set(section) == {"data", "fsdp", "model", "rules", "dcn_data"}
     cfg = config_lib.instantiate(sharding.MeshConfig, section.to_dict(), "config.mesh")
     assert cfg == sharding.MeshConfig(fsdp=8, rules="fsdp")

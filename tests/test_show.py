@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from vrl import config as config_lib
-from vrl import train
 from vrl.data import pipeline, show
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,13 +38,11 @@ def panel(frame: np.ndarray, row: int, column: int, clip_hw: tuple[int, int]) ->
 def test_examples_are_the_first_global_batch_of_the_run():
     config = config_lib.load_file(QUICKSTART, "runlocal")
     examples, info = show.make_examples(config, num=3)
-    assert info == {
-        "grid": None, "views": 2, "repeats": 1,
-        "label_names": train.setup(config).train_source.label_names,
-    }  # fmt: skip
-    s = train.setup(config)
-    data = pipeline.train_dataset(s.data, seed=s.run.seed, process_index=0, process_count=1)
-    batch = next(iter(data))
+    cfg = config_lib.instantiate(pipeline.DataConfig, config_lib.to_dict(config.data), "data")
+    source = pipeline.make_source(cfg, cfg.train_split)
+    data = pipeline.train_data(cfg, source, pipeline.make_ops(cfg.train_pp, "train_pp"))
+    assert info == {"grid": None, "views": 2, "repeats": 1, "label_names": source.label_names}
+    batch = next(iter(data.iterator(seed=config.seed, process_index=0, process_count=1)))
     for i, example in enumerate(examples):
         assert example["video"].shape == (2, 8, 32, 32, 3)
         for key, value in example.items():

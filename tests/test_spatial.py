@@ -1,10 +1,10 @@
-"""Spatial ops: temporal consistency, per-view randomness and per-op correctness."""
+"""Spatial ops (geometry and colour): temporal consistency, per-view randomness, correctness."""
 
 import numpy as np
 import pytest
 
 from vrl import registry
-from vrl.data import spatial
+from vrl.data import color, spatial
 
 
 def still_video(views=2, frames=4, height=48, width=64, seed=0):
@@ -55,16 +55,16 @@ def test_flip():
 
 def test_grayscale():
     video = still_video()
-    out = run(spatial.grayscale(p=1.0), video)["video"]
+    out = run(color.grayscale(p=1.0), video)["video"]
     assert np.all(out[..., 0] == out[..., 1]) and np.all(out[..., 1] == out[..., 2])
     luma = video.astype(np.float64) @ [0.299, 0.587, 0.114]
     assert np.abs(out[..., 0] - luma).max() <= 0.51
-    np.testing.assert_array_equal(run(spatial.grayscale(p=0.0), video)["video"], video)
+    np.testing.assert_array_equal(run(color.grayscale(p=0.0), video)["video"], video)
 
 
 def test_solarize():
     video = still_video()
-    out = run(spatial.solarize(p=(0.0, 1.0), threshold=128), video)["video"]
+    out = run(color.solarize(p=(0.0, 1.0), threshold=128), video)["video"]
     np.testing.assert_array_equal(out[0], video[0])
     np.testing.assert_array_equal(out[1], np.where(video[1] >= 128, 255 - video[1], video[1]))
 
@@ -106,15 +106,15 @@ def test_random_resized_crop_reads_the_sampled_box():
 def test_color_jitter_identity_cases():
     video = still_video()
     for op in (
-        spatial.color_jitter(p=0.0),
-        spatial.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0, hue=0),
+        color.color_jitter(p=0.0),
+        color.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0, hue=0),
     ):
         np.testing.assert_array_equal(run(op, video)["video"], video)
 
 
 def test_color_jitter_brightness_scales_every_pixel_alike():
     video = still_video(height=32, width=32)
-    op = spatial.color_jitter(p=1.0, brightness=0.5, contrast=0, saturation=0, hue=0)
+    op = color.color_jitter(p=1.0, brightness=0.5, contrast=0, saturation=0, hue=0)
     for seed in range(10):
         out = run(op, video, seed)["video"].astype(float)
         for v in range(2):  # one factor per view
@@ -130,8 +130,8 @@ def test_color_jitter_saturation_and_hue_keep_grays_and_luma():
     video[:, :, :4] = 77  # a gray band
     luma = video.astype(float) @ [0.299, 0.587, 0.114]
     for op in (
-        spatial.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0.8, hue=0),
-        spatial.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0, hue=0.2),
+        color.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0.8, hue=0),
+        color.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0, hue=0.2),
     ):
         out = run(op, video, 3)["video"]
         np.testing.assert_array_equal(out[:, :, :4], 77)
@@ -141,7 +141,7 @@ def test_color_jitter_saturation_and_hue_keep_grays_and_luma():
 
 def test_color_jitter_contrast_keeps_view_mean_luma():
     video = (still_video(height=32, width=32) // 2 + 64).astype(np.uint8)
-    op = spatial.color_jitter(p=1.0, brightness=0, contrast=0.8, saturation=0, hue=0)
+    op = color.color_jitter(p=1.0, brightness=0, contrast=0.8, saturation=0, hue=0)
     out = run(op, video, 5)["video"]
     luma = lambda v: (v.astype(float) @ [0.299, 0.587, 0.114]).mean(axis=(1, 2, 3))
     np.testing.assert_allclose(luma(out), luma(video), atol=0.6)
@@ -157,7 +157,7 @@ def laplacian_energy(video):
 
 def test_gaussian_blur_removes_detail_per_view():
     video = still_video()
-    out = run(spatial.gaussian_blur(p=(1.0, 0.0), sigma=(1.0, 2.0)), video)["video"]
+    out = run(color.gaussian_blur(p=(1.0, 0.0), sigma=(1.0, 2.0)), video)["video"]
     np.testing.assert_array_equal(out[1], video[1])
     before, after = laplacian_energy(video), laplacian_energy(out)
     assert after[0] < 0.3 * before[0]
@@ -217,7 +217,7 @@ def test_freq_aug_removes_low_frequencies():
         "both": {(0, 2), (0, 16), (1, 16), (4, 2)},
     }
     for mode, lows in removed.items():
-        out = run(spatial.freq_aug(mode=mode, **kwargs), video)["video"]
+        out = run(color.freq_aug(mode=mode, **kwargs), video)["video"]
         for key in components:
             after = spectrum_at(out, *key)
             if key in lows:
@@ -241,7 +241,7 @@ def fft_high_pass(x, spatial_cutoff, temporal_cutoff):
 @pytest.mark.parametrize("cutoffs", [(0.01, 0.1), (0.05, 0.0), (0.0, 0.3), (0.2, 0.2), (0.75, 0.0)])
 def test_high_pass_equals_the_fft_mask(shape, cutoffs):
     x = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
-    out = spatial.high_pass(x, *cutoffs)
+    out = color.high_pass(x, *cutoffs)
     assert out.dtype == np.float32 and out.shape == shape
     np.testing.assert_allclose(out, fft_high_pass(x, *cutoffs), atol=2e-3)
 
@@ -250,10 +250,10 @@ def test_chain_views_and_errors():
     ops = [
         spatial.random_resized_crop(size=32),
         spatial.flip(),
-        spatial.color_jitter(),
-        spatial.grayscale(),
-        spatial.gaussian_blur(p=(1.0, 0.1)),
-        spatial.solarize(p=(0.0, 0.2)),
+        color.color_jitter(),
+        color.grayscale(),
+        color.gaussian_blur(p=(1.0, 0.1)),
+        color.solarize(p=(0.0, 0.2)),
     ]
     example = {"video": still_video(views=2, frames=3)}
     rng = np.random.default_rng(0)
@@ -265,4 +265,4 @@ def test_chain_views_and_errors():
     with pytest.raises(ValueError, match=r"uint8 \[V, T, H, W, 3\]"):
         run(spatial.flip(), still_video()[0])
     with pytest.raises(ValueError, match="hue"):
-        spatial.color_jitter(hue=0.7)
+        color.color_jitter(hue=0.7)

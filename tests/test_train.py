@@ -1,6 +1,5 @@
 """The training loop end to end: every config's :runlocal variant, exact resume, checkpoints."""
 
-import glob
 import json
 import os
 import shutil
@@ -9,12 +8,13 @@ import jax
 import numpy as np
 import pytest
 
+from configs import RECIPES
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
-from vrl import train
-from vrl.data import pipeline
+from vrl import evaluators
+from vrl import setup as setup_lib
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+CONFIGS = list(RECIPES)
 
 
 def load_config(path: str, arg: str | None = "runlocal"):
@@ -39,7 +39,7 @@ def runlocal_arg(path: str, tmp_path) -> str:
     teacher = str(tmp_path / "teacher")
     stage1 = load_config(path.replace("salt_stage2", "salt_stage1"))
     stage1.evals = {}
-    train.train_and_evaluate(stage1, teacher)
+    evaluators.train_and_evaluate(stage1, teacher)
     return f"runlocal,teacher={teacher}"
 
 
@@ -49,7 +49,7 @@ def test_runlocal_config_trains_three_steps(path, tmp_path):
     config.total_steps = 3
     config.evals = {}
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(config, workdir)
+    evaluators.train_and_evaluate(config, workdir)
     rows = [r for r in read_metrics(workdir) if "train/loss" in r]
     assert rows[-1]["step"] == 3
     assert all(np.isfinite(r["train/loss"]) for r in rows)
@@ -68,12 +68,12 @@ def quick_config():
 def test_resume_is_the_same_run(tmp_path):
     """Kill after step 2 (simulated by deleting later checkpoints), rerun: same final params."""
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-    train.train_and_evaluate(quick_config(), full)
+    evaluators.train_and_evaluate(quick_config(), full)
     assert ckpt_lib.manager(full, read_only=True).all_steps() == [2, 4]
 
     shutil.copytree(full, resumed)
     shutil.rmtree(os.path.join(ckpt_lib.directory(resumed), "4"))
-    train.train_and_evaluate(quick_config(), resumed)
+    evaluators.train_and_evaluate(quick_config(), resumed)
 
     count, digest_full = ckpt_lib.digest(final_params(full, 4))
     _, digest_resumed = ckpt_lib.digest(final_params(resumed, 4))
@@ -83,11 +83,11 @@ def test_resume_is_the_same_run(tmp_path):
 
 def test_restored_iterator_continues_with_the_next_batch(tmp_path):
     workdir = str(tmp_path)
-    train.train_and_evaluate(quick_config(), workdir)
-    setup = train.setup(quick_config())
+    evaluators.train_and_evaluate(quick_config(), workdir)
+    setup = setup_lib.setup(quick_config())
 
     def fresh():
-        return iter(pipeline.train_dataset(setup.data, seed=0, process_index=0, process_count=1))
+        return iter(setup.train_data.iterator(seed=0, process_index=0, process_count=1))
 
     uninterrupted = fresh()
     for _ in range(2):
@@ -104,7 +104,7 @@ def test_restored_iterator_continues_with_the_next_batch(tmp_path):
 
 def test_checkpoint_cli_lists_steps_with_digests(tmp_path, capsys):
     workdir = str(tmp_path)
-    train.train_and_evaluate(quick_config(), workdir)
+    evaluators.train_and_evaluate(quick_config(), workdir)
     assert ckpt_lib.main(["vrl.checkpoint", workdir]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == ["step", "parameters", "sha256(params)"]
@@ -121,7 +121,7 @@ def test_quickstart_pretraining_beats_random_init_on_motion(tmp_path):
         os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.py"), None
     )
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(config, workdir)
+    evaluators.train_and_evaluate(config, workdir)
 
     def top1(name: str) -> float:
         with open(os.path.join(workdir, "probe", f"linear_{name}.json")) as f:

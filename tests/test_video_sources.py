@@ -75,7 +75,7 @@ def test_unreadable_video_fails_in_decode_not_in_indexing(tmp_path):
     source = sources.VideoFolder(root=str(tmp_path))
     record = source[0]  # indexing stays cheap and never raises
     assert record["num_frames"] == 1 and record["id"] == "cat/broken.mp4"
-    with pytest.raises(sources.DecodeError, match=r"cat/broken\.mp4: not a readable video"):
+    with pytest.raises(decode.DecodeError, match=r"cat/broken\.mp4: not a readable video"):
         source.decode(record, np.zeros((1, 4), np.int32))
 
 

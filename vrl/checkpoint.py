@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from vrl import checksums
+from vrl import config as config_lib
 
 STATE, DATA, CONFIG = "state", "data", "config"
 # Orbax writes a step into "<step>.orbax-checkpoint-tmp*", writes this marker last, then renames.
@@ -48,6 +49,14 @@ class CheckpointConfig:
     every_steps: int = 1000
     keep: int = 3
     async_save: bool = True
+
+    def __post_init__(self):
+        config_lib.check_ranges(
+            "config.ckpt",
+            self,
+            every_steps=(">= 1", lambda v: v >= 1),
+            keep=(">= 1", lambda v: v >= 1),
+        )
 
 
 def directory(workdir: str) -> str:

@@ -1,8 +1,9 @@
 """python -m vrl.main --config=configs/<name>.py[:arg] --workdir=DIR [--config.key=value ...]
 
 Starts the JAX multi-controller runtime when the run spans several processes, then hands off
-to `train.train_and_evaluate`. Every process runs this same command; each reads its own slice of
-every global batch, process 0 writes the metrics and Orbax coordinates the checkpoint writes.
+to `evaluators.train_and_evaluate`. Every process runs this same command; each reads its own
+slice of every global batch, process 0 writes the metrics and Orbax coordinates the checkpoint
+writes.
 
   explicit    --coordinator_address=HOST:PORT --num_processes=N --process_id=I (launch/local.sh)
   detected    Cloud TPU pods, SLURM (srun), Open MPI, or JAX_COORDINATOR_ADDRESS in the
@@ -54,8 +55,9 @@ from ml_collections import config_flags  # noqa: E402
 
 from vrl import checkpoint as ckpt_lib  # noqa: E402
 from vrl import config as config_lib  # noqa: E402
-from vrl import flag_errors, metrics, sharding, train, workdir_lock  # noqa: E402
-from vrl.data import sources  # noqa: E402
+from vrl import evaluators, flag_errors, metrics, preemption, sharding, workdir_lock  # noqa: E402
+from vrl.data.decode import DecodeError  # noqa: E402
+from vrl.state import NonFiniteError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and probes.")
@@ -129,17 +131,17 @@ def main(argv):
     metrics.quiet_library_logs()
     initialize_runtime()
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        evaluators.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except workdir_lock.WorkdirInUse as e:
         _fail("workdir in use", e, 2)
     except (config_lib.ConfigError, sharding.MeshError) as e:
         _fail("config error", e, 2)
-    except train.Preempted as e:
+    except preemption.Preempted as e:
         logging.warning("Preempted: %s.", e)
         sys.exit(0)
-    except train.Interrupted as e:  # Ctrl-C: the step reached is saved
-        _fail("interrupted", e, train.INTERRUPTED_EXIT)
-    except (train.NonFiniteError, sources.DecodeError) as e:
+    except preemption.Interrupted as e:  # Ctrl-C: the step reached is saved
+        _fail("interrupted", e, preemption.INTERRUPTED_EXIT)
+    except (NonFiniteError, DecodeError) as e:
         _fail("training stopped", e, 3)
     except ckpt_lib.CheckpointError as e:
         _fail("checkpoint error", e, 4)

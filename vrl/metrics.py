@@ -139,7 +139,7 @@ class Writer:
             os.makedirs(workdir, exist_ok=True)
             dropped = drop_rows_after(workdir, resume_step) if resume_step is not None else []
             self._jsonl = open(os.path.join(workdir, METRICS), "a")  # noqa: SIM115
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # noqa: PLC0415 - process 0 only, slow
 
             self._tb = SummaryWriter(
                 os.path.join(workdir, "tensorboard"),
@@ -204,6 +204,61 @@ class Progress:
             parts.append(f"MFU {100 * metrics['perf/mfu']:.1f}%")
         parts.append(f"ETA {format_seconds(eta)}")
         return " | ".join(parts)
+
+
+class StepLog:
+    """The loop's record of its steps: every `every` steps (and at the last) one row with the
+    step's metrics, speed and the given counters, and one progress line."""
+
+    def __init__(self, writer: Writer, progress: Progress, every: int):
+        self.writer = writer
+        self.progress = progress
+        self.every = every
+
+    def write(self, step: int, values: Mapping[str, float], *more: Mapping[str, float]) -> None:
+        if step % self.every and step != self.progress.total_steps:
+            return
+        values = {k: v for k, v in values.items() if k != "train/finite"}
+        values.update(self.progress.report(step))
+        for extra in more:
+            values.update(extra)
+        self.writer.write(step, values)
+        logging.info("%s", self.progress.line(step, values))
+
+
+def log_parameters(state) -> None:
+    """Parameter count and per-device bytes of a sharded train state."""
+
+    def per_device_bytes(tree):
+        total = 0
+        for x in jax.tree.leaves(tree):
+            shard = x.sharding.shard_shape(x.shape)
+            total += int(np.prod(shard)) * x.dtype.itemsize
+        return total
+
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    logging.info(
+        "Parameters: %s; per device: params %.1f MB, optimizer %.1f MB, extra %.1f MB.",
+        f"{count:,}",
+        per_device_bytes(state.params) / 1e6,
+        per_device_bytes(state.opt_state) / 1e6,
+        per_device_bytes(state.extra) / 1e6,
+    )
+
+
+def log_memory(compiled) -> None:
+    """The compiled step's memory per device, where the backend reports it."""
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        mem = None
+    if mem is not None:
+        logging.info(
+            "Compiled step memory per device: arguments %.1f MB, outputs %.1f MB, temp %.1f MB.",
+            mem.argument_size_in_bytes / 1e6,
+            mem.output_size_in_bytes / 1e6,
+            mem.temp_size_in_bytes / 1e6,
+        )
 
 
 def format_seconds(seconds: float) -> str:

@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vrl import config as config_lib
+from vrl.durations import RunLength
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -22,8 +25,11 @@ class OptimConfig:
     lr: float = 1e-3
     lr_base_batch: int | None = None
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = 0
+    # Warmup: at most one of steps, epochs, examples or a fraction of the run; none: 0 steps.
+    warmup_steps: int | None = None
     warmup_epochs: float | None = None
+    warmup_examples: int | None = None
+    warmup_fraction: float | None = None
     warmup_init_lr: float = 0.0
     end_lr: float = 0.0
     # Stretch every schedule over total_steps * schedule_scale (V-JEPA: 1.25, stopped at 80%).
@@ -43,12 +49,21 @@ class OptimConfig:
     # Micro-batches per step: the batch is split and gradients summed inside one jitted step.
     grad_accum_steps: int = 1
 
+    def __post_init__(self):
+        config_lib.check_ranges(
+            "config.optim",
+            self,
+            lr=(">= 0", lambda v: v >= 0),
+            grad_accum_steps=(">= 1", lambda v: v >= 1),
+            schedule_scale=("> 0", lambda v: v > 0),
+        )
 
-def learning_rate(cfg: OptimConfig, total_steps: int, batch_size: int, steps_per_epoch: int):
+
+def learning_rate(cfg: OptimConfig, length: RunLength):
     """The learning-rate schedule (a function of the optimiser step)."""
-    peak = cfg.lr * (batch_size / cfg.lr_base_batch if cfg.lr_base_batch else 1.0)
-    warmup = warmup_steps(cfg, steps_per_epoch)
-    horizon = max(int(total_steps * cfg.schedule_scale), warmup + 1)
+    peak = cfg.lr * (length.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else 1.0)
+    warmup = length.steps(cfg, "warmup", "config.optim", default=0)
+    horizon = max(int(length.total_steps * cfg.schedule_scale), warmup + 1)
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             cfg.warmup_init_lr, peak, warmup, horizon, end_value=cfg.end_lr
@@ -60,12 +75,6 @@ def learning_rate(cfg: OptimConfig, total_steps: int, batch_size: int, steps_per
         ],
         [warmup],
     )
-
-
-def warmup_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
-    if cfg.warmup_epochs is not None:
-        return int(round(cfg.warmup_epochs * steps_per_epoch))
-    return cfg.warmup_steps
 
 
 def weight_decay(cfg: OptimConfig, total_steps: int):
@@ -93,19 +102,14 @@ def _leaf_name(path) -> str:
 
 
 def make(
-    cfg: OptimConfig,
-    *,
-    total_steps: int,
-    batch_size: int,
-    steps_per_epoch: int,
-    layer_ids: Callable | None = None,
+    cfg: OptimConfig, length: RunLength, layer_ids: Callable | None = None
 ) -> tuple[optax.GradientTransformation, Callable]:
-    """(optimizer, learning-rate schedule).
+    """(optimizer, learning-rate schedule) for a run of `length`.
 
     `layer_ids(params) -> (tree of ints, L)` enables layer-wise lr decay.
     """
-    lr = learning_rate(cfg, total_steps, batch_size, steps_per_epoch)
-    wd = weight_decay(cfg, total_steps)
+    lr = learning_rate(cfg, length)
+    wd = weight_decay(cfg, length.total_steps)
     parts = []
     if cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))

@@ -1,29 +1,26 @@
 """Name -> component lookup for everything a config can choose.
 
-Components register themselves with a decorator in their own module; `get` imports the
-modules of a kind on first use, so a script that only needs models never imports the data
-stack (the GPU benchmark machine has no grain or PyAV).
+Components register themselves with a decorator in their own module; `get` imports the modules
+of a kind on first use (those of its package that register one), so a script that only needs
+models never imports the data stack (the GPU benchmark machine has no grain or PyAV).
 """
 
 import importlib
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
 KINDS = ("model", "objective", "source", "transform", "probe")
 
-# Modules that hold the registrations of each kind, imported lazily by `get` and `names`.
-_MODULES = {
-    "model": ("vrl.models.r3d", "vrl.models.video_resnet", "vrl.models.vit"),
-    "objective": (
-        "vrl.objectives.cvrl",
-        "vrl.objectives.mae",
-        "vrl.objectives.jepa",
-        "vrl.objectives.supervised",
-        "vrl.objectives.encoder_only",
-    ),
-    "source": ("vrl.data.synthetic", "vrl.data.sources"),
-    "transform": ("vrl.data.temporal", "vrl.data.spatial", "vrl.data.masks"),
-    "probe": ("vrl.probe.linear", "vrl.probe.attentive", "vrl.probe.knn", "vrl.probe.finetune"),
+# The package whose modules hold the registrations of each kind. A module registers a component
+# with the decorator alone: `_load` imports every module of the package whose source calls
+# `register("<kind>", ...)`, so adding a component is one edit.
+_PACKAGES = {
+    "model": "vrl.models",
+    "objective": "vrl.objectives",
+    "source": "vrl.data",
+    "transform": "vrl.data",
+    "probe": "vrl.probe",
 }
 
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
@@ -76,6 +73,9 @@ def _load(kind: str) -> None:
     _check_kind(kind)
     if kind in _loaded:
         return
-    for module in _MODULES[kind]:
-        importlib.import_module(module)
+    package = importlib.import_module(_PACKAGES[kind])
+    marker = f'register("{kind}"'
+    for path in sorted(pathlib.Path(package.__file__).parent.glob("*.py")):
+        if marker in path.read_text():
+            importlib.import_module(f"{package.__name__}.{path.stem}")
     _loaded.add(kind)

@@ -12,9 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from vrl import sharding
 from vrl.objectives.base import Objective
+
+
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient, or diverged parameters; the last good checkpoint is kept."""
 
 
 @flax.struct.dataclass
@@ -86,7 +91,7 @@ def make_train_step(
 
     def grads_of(params, extra, batch, rng):
         def loss_fn(p):
-            return objective.loss(p, extra, batch, rng, True)
+            return objective.loss(p, extra, batch, rng, train=True)
 
         (loss, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, metrics, extra, grads
@@ -150,3 +155,29 @@ def batch_spec(batch: dict) -> dict[str, list]:
 def spec_batch(spec: dict[str, list]) -> dict[str, np.ndarray]:
     """Zeros shaped like a stored `batch_spec`."""
     return {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
+
+
+def check_step(values: dict, step: int, on_nonfinite: str, max_param_norm: float | None) -> None:
+    """Acts on a step's fetched metrics: a non-finite loss or gradient stops the run (or, with
+    on_nonfinite='skip', was skipped by the step and is logged), and so do parameters whose
+    norm passes `max_param_norm` (diverged, still finite)."""
+    if not values["train/finite"]:
+        bad = [k for k in ("train/loss", "train/grad_norm") if not np.isfinite(values[k])]
+        message = (
+            f"non-finite training at step {step} ({', '.join(bad)}): "
+            f"loss={float(values['train/loss'])}, grad_norm={float(values['train/grad_norm'])}"
+        )
+        if on_nonfinite == "stop":
+            raise NonFiniteError(
+                message + "; the last good checkpoint is kept "
+                "(set config.on_nonfinite='skip' to skip such steps)"
+            )
+        logging.warning("%s; update skipped.", message)
+    norm = values.get("train/param_norm")
+    if max_param_norm and norm is not None and not float(norm) <= max_param_norm:
+        raise NonFiniteError(
+            f"parameters diverged at step {step} (train/param_norm): param_norm={float(norm):.4g} "
+            f"> config.max_param_norm={max_param_norm:g}; the last good checkpoint is kept "
+            "(lower the learning rate; raise config.max_param_norm, or set it to 0 to switch "
+            "the check off)"
+        )

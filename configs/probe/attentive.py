@@ -10,8 +10,8 @@ of them in the result JSON. `:vjepa` is the paper's K400 protocol: 16 frames at 
 host, so large datasets need a machine with the memory for them.
 """
 
-from vrl.config import defaults, parse_arg
-from vrl.probe.main import job_config
+from configs.common import defaults, job_config
+from vrl.config import parse_arg
 
 
 def get_config(arg=None):

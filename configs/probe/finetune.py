@@ -11,8 +11,8 @@ resized crop; add `--config.probe.flip=True` for datasets without left/right cla
 (Kinetics). `:runlocal` trains for two epochs with one test clip, for CPU checks.
 """
 
-from vrl.config import defaults, parse_arg
-from vrl.probe.main import job_config
+from configs.common import defaults, job_config
+from vrl.config import parse_arg
 
 
 def get_config(arg=None):

@@ -8,8 +8,8 @@ any of the top k has the query's class. `:multiview` tests on 10 clips x 3 crops
 the checkpoint's test pipeline (IIC averages 10 clips per video).
 """
 
-from vrl.config import defaults, parse_arg
-from vrl.probe.main import job_config
+from configs.common import defaults, job_config
+from vrl.config import parse_arg
 
 
 def get_config(arg=None):

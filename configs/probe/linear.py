@@ -12,8 +12,8 @@ Variants:
                       x 3 crops at 256 for testing; SGD lr 32, 100 epochs, batch 1024, no wd
 """
 
-from vrl.config import defaults, parse_arg
-from vrl.probe.main import job_config
+from configs.common import defaults, job_config
+from vrl.config import parse_arg
 
 
 def get_config(arg=None):

@@ -16,7 +16,7 @@ import numpy as np
 import videos
 from PIL import Image
 
-from vrl.data.sources import VIDEO_EXTENSIONS
+from vrl.data.manifests import VIDEO_EXTENSIONS
 
 FRAMES = 16  # length of the good videos; the tests ask for clips of all of them
 SIZE = (32, 32)

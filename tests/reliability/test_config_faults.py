@@ -17,7 +17,8 @@ import pytest
 import runs
 
 from vrl import config as config_lib
-from vrl import sharding, train
+from vrl import evaluators, sharding
+from vrl import state as state_lib
 
 DOC = os.path.join(runs.ROOT, "docs", "RELIABILITY.md")
 TABLE_START, TABLE_END = "<!-- misconfig-table:start -->", "<!-- misconfig-table:end -->"
@@ -86,12 +87,12 @@ CASES = [
     (
         "both run lengths",
         {"total_epochs": 3.0},
-        "config.total_steps / config.total_epochs: set exactly one",
+        "config.total_steps / config.total_epochs / config.total_examples: set exactly one",
     ),
     (
         "no run length",
         {"total_steps": DELETE},
-        "config.total_steps / config.total_epochs: set exactly one",
+        "config.total_steps / config.total_epochs / config.total_examples: set exactly one",
     ),
     ("zero steps", {"total_steps": 0}, "config.total_steps: 0 is not allowed; allowed: >= 1"),
     (
@@ -298,10 +299,10 @@ def error_of(changes: dict, workdir: str, monkeypatch) -> str:
     def refuse(*args, **kwargs):
         raise _Compiled("the config was accepted: init_state was reached")
 
-    monkeypatch.setattr(train, "init_state", refuse)
+    monkeypatch.setattr(state_lib, "init_state", refuse)
     with compilations() as compiled:
         with pytest.raises((config_lib.ConfigError, sharding.MeshError)) as error:
-            train.train_and_evaluate(with_changes(changes), workdir)
+            evaluators.train_and_evaluate(with_changes(changes), workdir)
     assert not compiled, f"{len(compiled)} compilation(s) before the error"
     return str(error.value)
 
@@ -318,9 +319,9 @@ def test_there_are_at_least_20_cases():
 
 
 def test_the_base_config_is_valid(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "init_state", lambda *a, **k: (_ for _ in ()).throw(_Compiled()))
+    monkeypatch.setattr(state_lib, "init_state", lambda *a, **k: (_ for _ in ()).throw(_Compiled()))
     with pytest.raises(_Compiled):
-        train.train_and_evaluate(base_config(), str(tmp_path))
+        evaluators.train_and_evaluate(base_config(), str(tmp_path))
 
 
 @pytest.mark.parametrize("what, changes, message", CASES, ids=[c[0] for c in CASES])
@@ -388,10 +389,10 @@ def test_command_line_prints_the_line_and_exits_2_without_compiling(tmp_path):
 
 
 def test_a_valid_eval_is_accepted(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "init_state", lambda *a, **k: (_ for _ in ()).throw(_Compiled()))
+    monkeypatch.setattr(state_lib, "init_state", lambda *a, **k: (_ for _ in ()).throw(_Compiled()))
     evals = {"linear": {**LINEAR, "label_sets": ("motion",), "test_pp": TEST_PP}}
     with pytest.raises(_Compiled):
-        train.train_and_evaluate(with_changes({"evals": evals}), str(tmp_path))
+        evaluators.train_and_evaluate(with_changes({"evals": evals}), str(tmp_path))
 
 
 def _cli(*args: str, cwd: str = runs.ROOT, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import runs
 
-from vrl.data import pipeline, prepare, sources
+from vrl.data import manifests, pipeline, prepare, sources
+from vrl.data.decode import DecodeError
 
 DATASET = "reliability_toy"
 WHOLE_CLIP = f"uniform_clip(frames={corpus.FRAMES}, stride=1)"  # every frame of a good video
@@ -35,8 +36,8 @@ def folder(tmp_path_factory):
     ]
     for name in good[1:]:
         shutil.copy(original, os.path.join(root, name))
-    sources.write_manifest(
-        os.path.join(root, "train.csv"), [sources.ManifestRow(p) for p in good + broken]
+    manifests.write_manifest(
+        os.path.join(root, "train.csv"), [manifests.ManifestRow(p) for p in good + broken]
     )
     return {"root": root, "broken": broken, "kinds": kinds, "good": good}
 
@@ -68,7 +69,7 @@ def test_every_broken_file_is_a_decode_error_naming_it_never_a_crash(folder):
     for index, name in enumerate(ids):
         if name not in folder["broken"]:
             continue
-        with pytest.raises(sources.DecodeError) as error:
+        with pytest.raises(DecodeError) as error:
             record = source[index]  # frames looped as the clip samplers do for short videos
             source.decode(record, np.arange(corpus.FRAMES) % record["num_frames"])
         assert os.path.basename(name) in str(error.value)
@@ -84,14 +85,14 @@ def test_the_pipeline_skips_and_counts_each_broken_file(folder, monkeypatch):
     def counting_decode(self, record, frame_indices):
         try:
             return decode(self, record, frame_indices)
-        except sources.DecodeError:
+        except DecodeError:
             failures.append(record["id"])
             raise
 
     monkeypatch.setattr(sources.VideoFolder, "decode", counting_decode)
     cfg = data_config(folder["root"], max_skip_fraction=1.0)
     total = len(folder["good"]) + len(folder["broken"])
-    batches = pipeline.train_dataset(cfg, seed=0, process_index=0, process_count=1)
+    batches = pipeline.train_data(cfg).iterator(seed=0, process_index=0, process_count=1)
     skipped, named = 0, collections.Counter()
     for _, batch in zip(range(total // cfg.batch_size), batches):
         assert batch["video"].shape == (BATCH, corpus.FRAMES, 32, 32, 3)
@@ -123,8 +124,8 @@ def test_the_trainer_counts_unreadable_videos_and_stops_over_the_limit(folder, t
 def prepared(tmp_path_factory, folder):
     """The TFDS dataset DATASET of 8 good videos, then one record's ArrayRecord chunk damaged."""
     base = tmp_path_factory.mktemp("tfds")
-    sources.write_manifest(
-        str(base / "train.csv"), [sources.ManifestRow(p) for p in folder["good"][:8]]
+    manifests.write_manifest(
+        str(base / "train.csv"), [manifests.ManifestRow(p) for p in folder["good"][:8]]
     )
     prepare.prepare(
         folder["root"], str(base / "{split}.csv"), DATASET, ["train"], str(base / "out"), workers=1
@@ -155,11 +156,11 @@ def test_a_corrupted_tfds_record_is_skipped_and_counted(prepared):
     for index in range(len(source)):
         try:
             source.decode(source[index], np.arange(corpus.FRAMES))
-        except sources.DecodeError as e:
+        except DecodeError as e:
             assert "unreadable record" in str(e) and "Riegeli" in str(e), str(e)
             unreadable.append(f"{DATASET}/train/{index}")
     assert len(unreadable) == 1
-    batch = next(iter(pipeline.train_dataset(cfg, seed=0, process_index=0, process_count=1)))
+    batch = next(iter(pipeline.train_data(cfg).iterator(seed=0, process_index=0, process_count=1)))
     named = [n for ids in batch["data/bad_ids"] for n in filter(None, str(ids).split(";"))]
     assert int(np.sum(batch["data/skipped"])) == len(named) >= 1
     assert set(named) == set(unreadable)

@@ -17,7 +17,7 @@ import runs
 
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
-from vrl import train
+from vrl import evaluators
 
 needs_file_modes = pytest.mark.skipif(
     not runs.can_drop_root_override(), reason="cannot drop root's file-mode override here"
@@ -49,7 +49,7 @@ def test_a_workdir_under_a_file_is_refused_before_anything_runs(tmp_path):
     workdir = str(tmp_path / "file" / "run")
     config = config_lib.load_file(os.path.join(runs.ROOT, runs.CONFIG))
     with pytest.raises(ckpt_lib.CheckpointError, match=r"is not writable \(Not a directory\)"):
-        train.train_and_evaluate(config, workdir)
+        evaluators.train_and_evaluate(config, workdir)
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ import pytest
 import runs
 
 from vrl import config as config_lib
-from vrl import preemption, train
+from vrl import evaluators, train
+from vrl import preemption as preemption_lib
 
 EVERY = "--config.ckpt.every_steps=5"  # so a checkpoint at another step is the Ctrl-C save
 main_thread_only = pytest.mark.skipif(
@@ -41,7 +42,7 @@ def test_ctrl_c_saves_the_step_reached_and_exits_130_a_second_exits_at_once(tmp_
     run.signal(signal.SIGINT)
     code = run.wait()
     saved = [int(m) for m in runs.SAVED_AFTER_NOTICE.findall(run.output())]
-    assert code == train.INTERRUPTED_EXIT == 130, run.tail()
+    assert code == preemption_lib.INTERRUPTED_EXIT == 130, run.tail()
     assert "Traceback" not in run.output(), run.tail()
     lines = _lines(run, "interrupted: ")
     assert len(lines) == 1, run.tail()
@@ -165,11 +166,13 @@ def test_sigterm_while_tracing_is_raised_outside_jax_and_later_jits_work(tmp_pat
 
     monkeypatch.setattr(train, "make_train_step", make_step_that_signals)
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with pytest.raises(train.Preempted, match="SIGTERM outside the training loop") as caught:
-        train.train_and_evaluate(config, str(tmp_path / "a"))
+    with pytest.raises(
+        preemption_lib.Preempted, match="SIGTERM outside the training loop"
+    ) as caught:
+        evaluators.train_and_evaluate(config, str(tmp_path / "a"))
     assert traced
     raised_in = traceback.extract_tb(caught.value.__traceback__)[-1]
-    assert raised_in.filename == preemption.__file__, raised_in
+    assert raised_in.filename == preemption_lib.__file__, raised_in
     modules = {sys.modules.get(f.f_globals.get("__name__")) for f, _ in _frames(caught)}
     assert not any(m and m.__name__.split(".")[0] in ("jax", "flax") for m in modules)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
@@ -178,7 +181,7 @@ def test_sigterm_while_tracing_is_raised_outside_jax_and_later_jits_work(tmp_pat
     np.testing.assert_allclose(jax.jit(lambda x: x * 2 + 1)(jnp.ones(3)), 3.0)
     np.testing.assert_allclose(jax.jit(jnp.add)(jnp.ones(3), 1.0), 2.0)
     monkeypatch.setattr(train, "make_train_step", make_train_step)
-    train.train_and_evaluate(config, str(tmp_path / "b"))
+    evaluators.train_and_evaluate(config, str(tmp_path / "b"))
     assert runs.complete_steps(str(tmp_path / "b")) == [1, 2]
 
 
@@ -197,18 +200,18 @@ def _frames(caught):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_in_library_code_is_retried_until_it_can_be_raised(signum):
     """The handler never raises with a jax frame on the stack; it tries again 20 ms later."""
-    error = train.Interrupted if signum == signal.SIGINT else train.Preempted
-    assert preemption.inside_library(sys._getframe()) is False
+    error = preemption_lib.Interrupted if signum == signal.SIGINT else preemption_lib.Preempted
+    assert preemption_lib.inside_library(sys._getframe()) is False
     seen = []
 
     def leaf(x):  # jax.tree.map calls it: a frame of jax's code is below it on the stack
-        seen.append(preemption.inside_library(sys._getframe()))
+        seen.append(preemption_lib.inside_library(sys._getframe()))
         os.kill(os.getpid(), signum)
         _idle(0.3)  # the handler runs (and defers) in here, several times
         return x
 
     with pytest.raises(error, match="outside the training loop") as caught:
-        with preemption.Preemption(30.0):
+        with preemption_lib.Preemption(30.0):
             jax.tree.map(leaf, [1])
             _idle(1.0)
     assert seen == [True]

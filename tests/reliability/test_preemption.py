@@ -20,7 +20,8 @@ import runs
 
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
-from vrl import train
+from vrl import evaluators
+from vrl import preemption as preemption_lib
 
 EVERY = "--config.ckpt.every_steps=5"
 GRACE_S = 60.0
@@ -77,7 +78,7 @@ def test_sigterm_at_random_times_saves_the_step_reached_and_exits_0(tmp_path):
     run = runs.Run(workdir, EVERY, "--config.preemption_grace_s=0.001")
     run.until(lambda: "| loss" in run.output())
     run.signal(signal.SIGTERM)
-    assert run.wait() == train.PREEMPTION_TIMEOUT_EXIT, run.tail()
+    assert run.wait() == preemption_lib.PREEMPTION_TIMEOUT_EXIT, run.tail()
     lines = [ln for ln in run.output().splitlines() if ln.startswith("preemption: ")]
     assert lines and "config.preemption_grace_s=0.001 s" in lines[0], run.tail()
     assert "a restart resumes from the last complete checkpoint" in lines[0]
@@ -100,7 +101,7 @@ def test_orbax_preemption_sync_point_saves_that_step(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
     monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", reached_preemption)
-    result = train.train_and_evaluate(config, str(tmp_path))
+    result = evaluators.train_and_evaluate(config, str(tmp_path))
     assert result == {"preempted_at_step": 4}
     # Asked at every step (Orbax asks again while saving): it is a collective sync point.
     assert sorted(set(calls)) == [1, 2, 3, 4]
@@ -112,9 +113,9 @@ def test_orbax_preemption_sync_point_saves_that_step(tmp_path, monkeypatch):
 def test_several_processes_leave_sigterm_to_jax():
     """jax's preemption sync manager owns SIGTERM in multi-process runs; ours stays out."""
     before = signal.getsignal(signal.SIGTERM)
-    with train._Preemption(1.0, install=False):
+    with preemption_lib.Preemption(1.0, install=False):
         assert signal.getsignal(signal.SIGTERM) is before
-    with train._Preemption(1.0, install=True) as preemption:
+    with preemption_lib.Preemption(1.0, install=True) as preemption:
         assert signal.getsignal(signal.SIGTERM) == preemption._handle
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -124,11 +125,11 @@ def test_several_processes_leave_sigterm_to_jax():
     reason="signal handlers need the main thread",
 )
 def test_sigterm_outside_the_loop_raises_preempted_inside_it_only_flags():
-    with train._Preemption(30.0) as preemption:
-        with pytest.raises(train.Preempted):
+    with preemption_lib.Preemption(30.0) as preemption:
+        with pytest.raises(preemption_lib.Preempted):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # the handler runs between bytecodes
-    with train._Preemption(30.0) as preemption:
+    with preemption_lib.Preemption(30.0) as preemption:
         preemption.deferred = True
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import videos
 
-from vrl.data import sources
+from vrl.data import manifests, sources
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 NAME = "rerun_toy"
@@ -31,8 +31,10 @@ def inputs(tmp_path_factory):
         "second": ["v0", "v1", "v2", "v3", "v4"],
         "broken": ["bad"],
     }.items():
-        rows = [sources.ManifestRow(f"{n}.mp4", "a" if i % 2 else "b") for i, n in enumerate(names)]
-        sources.write_manifest(str(base / folder / "train.csv"), rows)
+        rows = [
+            manifests.ManifestRow(f"{n}.mp4", "a" if i % 2 else "b") for i, n in enumerate(names)
+        ]
+        manifests.write_manifest(str(base / folder / "train.csv"), rows)
     return base
 
 

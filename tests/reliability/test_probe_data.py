@@ -13,7 +13,7 @@ import pytest
 import runs
 import videos
 
-from vrl.data import sources
+from vrl.data import manifests
 
 SHORT_SIDE = 24
 KNN = ["--config.encoders=('pretrained',)", "--config.probe.k=4", "--config.probe.recall_at=(1,)"]
@@ -27,8 +27,8 @@ def folder(base, name: str, columns: tuple[str, ...]) -> str:
     for i in range(16):
         videos.make_video(root / f"v{i}.mp4", frames=16, size=(64, 48), fps=16, gop=4)
         labels = {"motion": ["left", "right"][i % 2], "digit": str(i % 4)}
-        rows.append(sources.ManifestRow(f"v{i}.mp4", labels={c: labels[c] for c in columns}))
-    sources.write_manifest(str(root / "train.csv"), rows)
+        rows.append(manifests.ManifestRow(f"v{i}.mp4", labels={c: labels[c] for c in columns}))
+    manifests.write_manifest(str(root / "train.csv"), rows)
     return str(root)
 
 

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from configs import common as config_common
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import state as state_lib
@@ -210,11 +211,11 @@ class Converted:
 
 def run_config(converted: Converted, note: str) -> dict:
     """A complete run config (every key, as `vrl.main` saves it) for the converted model."""
-    c = config_lib.run_config(total_steps=0)
+    c = config_common.run_config(total_steps=0)
     model = dict(converted.model)
     objective = dict(converted.objective)
-    c.model = config_lib.defaults("model", model.pop("name"), **model)
-    c.objective = config_lib.defaults("objective", objective.pop("name"), **objective)
+    c.model = config_common.defaults("model", model.pop("name"), **model)
+    c.objective = config_common.defaults("objective", objective.pop("name"), **objective)
     frames, size = converted.clip[0], min(converted.clip[1:])
     c.data.update(
         {

@@ -221,6 +221,7 @@ def _vit_config(
     posemb: str,
     qkv_bias: str,
     ln_epsilon: float,
+    *,
     layer_scale: bool,
     final_norm: bool,
 ) -> dict:
@@ -329,8 +330,9 @@ def from_hf(src: str, options) -> tuple[Converted, Tensors]:
     )
     mlp_dim = cfg.get("intermediate_size", 4 * width)
     c.model = _vit_config(
-        width, depth, heads, mlp_dim, patch, grid, posemb, qkv_bias, ln_eps, False, final_norm
-    )
+        width, depth, heads, mlp_dim, patch, grid, posemb, qkv_bias, ln_eps,
+        layer_scale=False, final_norm=final_norm,
+    )  # fmt: skip
     c.model["pixel_norm"] = pixel_norm
 
     if arch == "VideoMAEForPreTraining":
@@ -489,8 +491,8 @@ def from_pth(src: str, options) -> tuple[Converted, Tensors]:
         posemb,
         qkv_bias,
         PTH_LN_EPS,
-        layer_scale,
-        final_norm,
+        layer_scale=layer_scale,
+        final_norm=final_norm,
     )
 
     if pretrain:

@@ -93,6 +93,7 @@ def _block(
     src: str,
     dst: str,
     heads: int,
+    *,
     fused_qkv: bool,
     qkv_bias: bool,
     names: dict,
@@ -198,17 +199,25 @@ def from_hf(src: str, options) -> tuple[Converted, Tensors]:
 
     c = Converted(
         model=_model(
-            width, depth, heads, mlp_dim, (tubelet, patch, patch), "none", True, eps, qkv_bias
+            width,
+            depth,
+            heads,
+            mlp_dim,
+            (tubelet, patch, patch),
+            "none",
+            rope=True,
+            eps=eps,
+            qkv_bias=qkv_bias,
         ),  # fmt: skip
         objective=_objective(
             pred_width,
             pred_depth,
             pred_heads,
             "none",
-            True,
-            num_masks,
-            (frames // tubelet, size // patch, size // patch),
-        ),  # fmt: skip
+            rope=True,
+            num_masks=num_masks,
+            grid=(frames // tubelet, size // patch, size // patch),
+        ),
         clip=(frames, size, size),
     )
     names = {"qkv": ("attention.query", "attention.key", "attention.value"),
@@ -218,7 +227,16 @@ def from_hf(src: str, options) -> tuple[Converted, Tensors]:
                f"{dst}/embed/projection/kernel", _patch_kernel)  # fmt: skip
         _move(c, t, "encoder.embeddings.patch_embeddings.proj.bias", f"{dst}/embed/projection/bias")
         for i in range(depth):
-            _block(c, t, f"encoder.layer.{i}", f"{dst}/block{i}", heads, False, qkv_bias, names)
+            _block(
+                c,
+                t,
+                f"encoder.layer.{i}",
+                f"{dst}/block{i}",
+                heads,
+                fused_qkv=False,
+                qkv_bias=qkv_bias,
+                names=names,
+            )
         _move(c, t, "encoder.layernorm.weight", f"{dst}/norm/scale")
         _move(c, t, "encoder.layernorm.bias", f"{dst}/norm/bias")
     if _count(t, "encoder.layer") != depth:
@@ -230,8 +248,8 @@ def from_hf(src: str, options) -> tuple[Converted, Tensors]:
     _move(c, t, "predictor.embeddings.mask_tokens", f"{p}/mask_tokens",
            lambda a: a.reshape(a.shape[0], a.shape[-1]))  # fmt: skip
     for i in range(pred_depth):
-        _block(c, t, f"predictor.layer.{i}", f"{p}/transformer/block{i}", pred_heads, False,
-               qkv_bias, names)  # fmt: skip
+        _block(c, t, f"predictor.layer.{i}", f"{p}/transformer/block{i}", pred_heads,
+               fused_qkv=False, qkv_bias=qkv_bias, names=names)  # fmt: skip
     _move(c, t, "predictor.layernorm.weight", f"{p}/transformer/norm/scale")
     _move(c, t, "predictor.layernorm.bias", f"{p}/transformer/norm/bias")
     _move(c, t, "predictor.proj.weight", f"{p}/output/kernel", _linear)
@@ -289,9 +307,19 @@ def from_pth(src: str, options) -> tuple[Converted, Tensors]:
                 raise ConversionError(f"{src}: {key} uses another table than encoder.pos_embed")
     c = Converted(
         model=_model(
-            width, depth, heads, mlp_dim, (tubelet, patch, patch), posemb, not v1, 1e-6, qkv_bias
+            width,
+            depth,
+            heads,
+            mlp_dim,
+            (tubelet, patch, patch),
+            posemb,
+            rope=not v1,
+            eps=1e-6,
+            qkv_bias=qkv_bias,
         ),  # fmt: skip
-        objective=_objective(pred_width, pred_depth, pred_heads, posemb, not v1, num_masks, grid),
+        objective=_objective(
+            pred_width, pred_depth, pred_heads, posemb, rope=not v1, num_masks=num_masks, grid=grid
+        ),
         clip=(frames, size, size),
     )
     names = {"qkv": None, "proj": "attn.proj"}
@@ -302,7 +330,8 @@ def from_pth(src: str, options) -> tuple[Converted, Tensors]:
                _patch_kernel)  # fmt: skip
         _move(c, t, f"{part}.patch_embed.proj.bias", f"{dst}/embed/projection/bias")
         for i in range(depth):
-            _block(c, t, f"{part}.blocks.{i}", f"{dst}/block{i}", heads, True, qkv_bias, names)
+            _block(c, t, f"{part}.blocks.{i}", f"{dst}/block{i}", heads,
+                   fused_qkv=True, qkv_bias=qkv_bias, names=names)  # fmt: skip
         _move(c, t, f"{part}.norm.weight", f"{dst}/norm/scale")
         _move(c, t, f"{part}.norm.bias", f"{dst}/norm/bias")
     p, s = "params/predictor", "predictor"
@@ -311,8 +340,8 @@ def from_pth(src: str, options) -> tuple[Converted, Tensors]:
     tokens = [t.take(f"{s}.mask_tokens.{j}").reshape(-1) for j in range(num_masks)]
     c.put(f"{p}/mask_tokens", np.stack(tokens), f"{s}.mask_tokens.*")
     for i in range(pred_depth):
-        _block(c, t, f"{s}.predictor_blocks.{i}", f"{p}/transformer/block{i}", pred_heads, True,
-               qkv_bias, names)  # fmt: skip
+        _block(c, t, f"{s}.predictor_blocks.{i}", f"{p}/transformer/block{i}", pred_heads,
+               fused_qkv=True, qkv_bias=qkv_bias, names=names)  # fmt: skip
     _move(c, t, f"{s}.predictor_norm.weight", f"{p}/transformer/norm/scale")
     _move(c, t, f"{s}.predictor_norm.bias", f"{p}/transformer/norm/bias")
     _move(c, t, f"{s}.predictor_proj.weight", f"{p}/output/kernel", _linear)
@@ -357,7 +386,7 @@ def _match_table(t: Tensors, key: str, grid: tuple[int, int, int], dim: int) -> 
     )
 
 
-def _model(width, depth, heads, mlp_dim, patch, posemb, rope, eps, qkv_bias) -> dict:
+def _model(width, depth, heads, mlp_dim, patch, posemb, *, rope, eps, qkv_bias) -> dict:
     return {
         "name": "vit",
         "width": int(width),
@@ -389,7 +418,7 @@ def _small_grid_masks(grid: tuple[int, int, int]) -> dict:
         return {"num_blocks": (1, 1), "block_scale": (0.15, 0.3)}
 
 
-def _objective(width, depth, heads, posemb, rope, num_masks, grid) -> dict:
+def _objective(width, depth, heads, posemb, *, rope, num_masks, grid) -> dict:
     return {
         **_small_grid_masks(grid),
         "name": "vjepa",

@@ -18,7 +18,7 @@ decoding; if a dropped frame turns out to be the one to show (a gap in a variabl
 stream), that window is decoded again without skipping, so results are always exact.
 
 Every failure (unreadable container, no video stream, damaged or truncated data, an index
-past the last decodable frame) raises `sources.DecodeError` naming the file and the reason.
+past the last decodable frame) raises `DecodeError` naming the file and the reason.
 """
 
 import bisect
@@ -33,8 +33,6 @@ from typing import IO, Any
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-
-from vrl.data.sources import DecodeError
 
 VideoInput = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
@@ -53,6 +51,10 @@ _COUNT_SLACK = 0.1
 _SKIP_MARGIN_FRAMES = 1
 # Containers that hold a still image, not a video (FFmpeg opens them as one-frame streams).
 _IMAGE_FORMATS = ("image2", "_pipe")
+
+
+class DecodeError(RuntimeError):
+    """A record that cannot be decoded (corrupt, truncated, empty); the pipeline skips it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vrl import registry
-from vrl.data.temporal import Op
+from vrl.data.types import Op
 
 Grid = tuple[int, int, int]
 _DEFAULT_GRID: Grid = (8, 14, 14)  # 16 frames x 224 pixels with 2 x 16 x 16 tubelets.

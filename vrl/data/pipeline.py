@@ -8,15 +8,19 @@ examples and augmentations of the same run on 1 process, and a restored iterator
 exactly where it was saved.
 
 A record that fails to decode is replaced by another one drawn deterministically from the same
-rng, counted in `data/skipped` and named in `data/bad_ids`; the trainer turns those into metrics
-and stops once they exceed `config.data.max_skip_fraction`.
+rng, counted in `data/skipped` and named in `data/bad_ids`; `vrl.data.stats.DataStats` turns
+those into metrics and stops the run once they exceed `config.data.max_skip_fraction`.
+
+The trainer builds its data in two steps: `train_data` (source and ops built at config check
+time) decodes example 0 once for the clip shape, which the objective needs to make its mask ops,
+then `TrainData.iterator` makes the batches with those ops appended.
 """
 
 import ast
 import dataclasses
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -26,8 +30,9 @@ from absl import logging
 from vrl import config as config_lib
 from vrl import registry
 from vrl.data import sources, workers
+from vrl.data.decode import DecodeError
+from vrl.data.types import ClipSpec, Op
 
-Op = Callable[[dict, np.random.Generator], dict]
 # Keys that describe the pipeline itself; they never reach the device.
 HOST_KEYS = ("data/skipped", "data/bad_ids", "id")
 _MAX_REPLACEMENTS = 16
@@ -49,6 +54,17 @@ class DataConfig:
     prefetch: int = 2
     # Stop when more than this fraction of decoded videos were unreadable (after 100 videos).
     max_skip_fraction: float = 0.05
+
+    def __post_init__(self):
+        config_lib.check_ranges(
+            "config.data",
+            self,
+            batch_size=(">= 1", lambda v: v >= 1),
+            repeated_samples=(">= 1", lambda v: v >= 1),
+            num_workers=(">= 0", lambda v: v >= 0),
+            prefetch=(">= 0", lambda v: v >= 0),
+            max_skip_fraction=("in [0, 1]", lambda v: 0 <= v <= 1),
+        )
 
 
 def make_source(cfg: DataConfig, split: str) -> sources.Source:
@@ -127,7 +143,7 @@ class ExampleMaker:
             record = self.source[index]
             try:
                 examples = self.make(record, rng)
-            except sources.DecodeError as e:
+            except DecodeError as e:
                 skipped += 1
                 bad.append(str(record.get("id", index)))
                 if bad[-1] not in self._warned:
@@ -142,7 +158,7 @@ class ExampleMaker:
             if self.repeats == 1:
                 return examples[0]
             return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-        raise sources.DecodeError(
+        raise DecodeError(
             f"{_MAX_REPLACEMENTS + 1} videos in a row failed to decode, last: {', '.join(bad[-5:])}"
         )
 
@@ -206,36 +222,113 @@ class _ProcessBlocks(grain.MapDataset):
         return self._parent[step * self._global + self._offset + within]
 
 
-def train_dataset(
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """A run's training data, built once: what the trainer sizes itself by (the clip shape, the
+    number of videos, the label names) and, once the objective has chosen its mask ops for
+    that clip, the batches (`iterator`)."""
+
+    cfg: DataConfig
+    source: sources.Source
+    ops: list[tuple[str, Op]]
+    clip: ClipSpec
+    num_examples: int
+    label_names: dict[str, list[str]]
+
+    def iterator(
+        self,
+        *,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        extra_ops: Sequence[tuple[str, Op]] = (),
+    ) -> grain.IterDataset:
+        """Infinite, shuffled, augmented batches of `batch_size // process_count` examples;
+        `extra_ops` (the objective's mask ops) run after the train ops."""
+        examples = self.examples(seed, extra_ops)
+        return _batches(self.cfg, examples, process_index, process_count)
+
+    def examples(self, seed: int, extra_ops: Sequence[tuple[str, Op]] = ()) -> grain.MapDataset:
+        """Every training example in the order of the global batches: element i is the i-th
+        video the run draws (its `repeated_samples` clips stacked), whatever the process count."""
+        return _examples(self.cfg, self.source, [*self.ops, *extra_ops], seed)
+
+
+def train_data(
     cfg: DataConfig,
-    *,
-    seed: int,
-    process_index: int,
-    process_count: int,
-    extra_ops: Sequence[tuple[str, Op]] = (),
-) -> grain.IterDataset:
-    """Infinite, shuffled, augmented batches of `batch_size // process_count` examples."""
-    source = make_source(cfg, cfg.train_split)
-    ops = make_ops(cfg.train_pp, "config.data.train_pp") + list(extra_ops)
+    source: sources.Source | None = None,
+    ops: Sequence[tuple[str, Op]] | None = None,
+) -> TrainData:
+    """The training data of `source` (default: the config's train split) through the train
+    `ops` (default: `make_ops` of its train_pp).
+
+    Decodes example 0, once: its shape is the clip spec, and its window is checked against the
+    videos (`check_clip_length`).
+    """
+    source = source if source is not None else make_source(cfg, cfg.train_split)
+    ops = ops if ops is not None else make_ops(cfg.train_pp, "config.data.train_pp")
+    example = ExampleMaker(source, ops)(0, np.random.default_rng(0))
+    clip = clip_spec(example)
+    check_clip_length(source, example, clip.frames)
+    return TrainData(cfg, source, list(ops), clip, len(source), source.label_names)
+
+
+def clip_spec(example: dict) -> ClipSpec:
+    """Shape of the clips an example holds: video [T, H, W, 3] or [V, T, H, W, 3]."""
+    video = example["video"]
+    views = video.shape[0] if video.ndim == 5 else 1
+    return ClipSpec(
+        frames=video.shape[-4], height=video.shape[-3], width=video.shape[-2], views=views
+    )
+
+
+def check_clip_length(source: sources.Source, example: dict, frames: int, samples: int = 8) -> None:
+    """Refuses clips longer than every video checked (a few spread over the source).
+
+    Short videos are looped or clamped by design, but a clip longer than all of them means
+    every clip repeats frames: almost surely frames x stride set for another dataset.
+    """
+    ones = np.ones(1)
+    step = (
+        np.asarray(example.get("temporal/stride", ones), np.float64)
+        * np.asarray(example.get("temporal/tempo", ones), np.float64)
+        * np.asarray(example.get("temporal/skip", ones), np.float64)
+    )
+    span = int(np.floor((frames - 1) * float(np.max(step)))) + 1
+    indices = np.unique(np.linspace(0, len(source) - 1, min(samples, len(source))).astype(int))
+    records = [source[int(i)] for i in indices]
+    lengths = [int(r["num_frames"]) for r in records if "error" not in r]  # readable ones
+    if lengths and span > max(lengths):
+        raise config_lib.ConfigError(
+            f"config.data.train_pp: a clip spans {span} frames ({frames} frames, "
+            f"{float(np.max(step)):g} apart), longer than every video checked in "
+            f"config.data.source (at most {max(lengths)} frames in {len(lengths)} videos); "
+            "use fewer frames or a smaller stride"
+        )
+
+
+def _examples(
+    cfg: DataConfig, source: sources.Source, ops: Sequence[tuple[str, Op]], seed: int
+) -> grain.MapDataset:
     maker = ExampleMaker(source, ops, cfg.repeated_samples)
+    return _ShuffledEpochs(grain.MapDataset.range(len(source)).seed(seed), seed).random_map(maker)
+
+
+def _batches(
+    cfg: DataConfig, examples: grain.MapDataset, process_index: int, process_count: int
+) -> grain.IterDataset:
+    """This process's part of each global batch of `examples` (see `_ProcessBlocks`)."""
     if cfg.batch_size % (process_count * cfg.repeated_samples):
         raise config_lib.ConfigError(
             f"config.data.batch_size={cfg.batch_size}: must divide by processes x "
             f"repeated_samples = {process_count * cfg.repeated_samples}"
         )
     videos_per_batch = cfg.batch_size // cfg.repeated_samples
-    ds = train_examples(source, maker, seed)
-    ds = _ProcessBlocks(ds, videos_per_batch, process_index, process_count)
+    ds = _ProcessBlocks(examples, videos_per_batch, process_index, process_count)
     ds = ds.batch(videos_per_batch // process_count, drop_remainder=True)
     if cfg.repeated_samples > 1:
         ds = ds.map(_merge_repeats)
     return _to_iter(ds, cfg)
-
-
-def train_examples(source: sources.Source, maker: ExampleMaker, seed: int) -> grain.MapDataset:
-    """Every training example in the order of the global batches: element i is the i-th video
-    the trainer draws (its `repeated_samples` clips stacked), whatever the process count."""
-    return _ShuffledEpochs(grain.MapDataset.range(len(source)).seed(seed), seed).random_map(maker)
 
 
 class _ShuffledEpochs(grain.MapDataset):

@@ -15,17 +15,16 @@ one line and exit code 2.
 is given, else an H.264 re-encode (CRF --crf, a keyframe every second so clips seek fast), one
 record per video. `--store=frames` keeps JPEG frames (quality --jpeg_quality) in records of
 --chunk_frames consecutive frames, so that a clip reads only the chunks holding its frames
-(see `frames_layout`). Every split of a dataset is written in one run: list them all in
+(see `vrl.data.store`). Every split of a dataset is written in one run: list them all in
 --split (the manifest's "{split}" is replaced by each).
 
 `--make_manifest=kinetics|ucf101|hmdb51` converts the official annotation files into
-manifests instead (see docs/DATA.md).
+manifests instead (`vrl.data.manifests`; see docs/DATA.md).
 """
 
 import csv
 import dataclasses
 import fractions
-import glob
 import hashlib
 import io
 import itertools
@@ -40,23 +39,22 @@ import time
 import types
 from collections.abc import Iterator, Sequence
 from concurrent import futures
-from typing import Any, Literal
+from typing import Any
 
 import av
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from av.video.reformatter import VideoReformatter
+from PIL import Image
 
-from vrl.data import decode, sources
+from vrl.data import decode, manifests
+from vrl.data import store as store_lib
 
-VERSION = "1.0.0"
 X264_PRESET = "fast"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _LOG_EVERY_S = 10.0
 _SHOWN = 20  # failures listed in the log summary (all of them go to the CSV)
-
-Store = Literal["video", "frames"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +62,7 @@ class Options:
     """How each input is stored. All but chunk_frames are part of the cache key (changing them
     redoes the transcoding); chunk_frames only groups the cached frames into records."""
 
-    store: Store = "video"
+    store: store_lib.Store = "video"
     short_side: int | None = None
     fps: float | None = None
     jpeg_quality: int = 90
@@ -113,7 +111,7 @@ def encode_item(path: str, options: Options) -> dict[str, Any]:
     else:
         data, count = _h264(frames, info.fps, options.crf)
     if count < info.num_frames:
-        raise sources.DecodeError(
+        raise decode.DecodeError(
             f"{path}: truncated: {count} of {info.num_frames} frames decodable"
         )
     if options.store == "frames":
@@ -123,8 +121,6 @@ def encode_item(path: str, options: Options) -> dict[str, Any]:
 
 
 def _jpeg(frame: np.ndarray, quality: int) -> bytes:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
@@ -162,7 +158,7 @@ def _run_task(task: _Task) -> tuple[_Task, str, str]:
         return task, "cached", ""
     try:
         item = encode_item(task.path, task.options)
-    except sources.DecodeError as e:
+    except decode.DecodeError as e:
         return task, "failed", str(e)
     except Exception as e:  # one odd input must not end a run over thousands of them
         return task, "failed", f"{task.path}: {type(e).__name__}: {e}"
@@ -180,7 +176,7 @@ def _run_task(task: _Task) -> tuple[_Task, str, str]:
 class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Writes prepared videos; subclassed per dataset name by `_builder_class`."""
 
-    VERSION = tfds.core.Version(VERSION)
+    VERSION = tfds.core.Version(store_lib.VERSION)
 
     def __init__(self, *, tasks, options, classes, workers, summary, prepared_from, **kwargs):
         self._tasks: dict[str, list[_Task]] = tasks
@@ -192,22 +188,11 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        blob = tfds.features.Tensor(shape=(), dtype=np.object_)
-        features = {
-            "id": blob,
-            "num_frames": tfds.features.Tensor(shape=(), dtype=np.int64),
-            "fps": tfds.features.Tensor(shape=(), dtype=np.float32),
-        }
         metadata = dataclasses.asdict(self._options)
-        metadata[PREPARED_FROM] = self._prepared_from
-        if self._options.store == "video":
-            features["video"] = blob
-        else:
-            features["chunk"] = tfds.features.Tensor(shape=(), dtype=np.int64)
-            features["frames"] = tfds.features.Sequence(blob)
-            metadata[sources.FIRST_RECORD] = {}  # filled in as each split is written
-        for label_set, names in self._classes.items():
-            features[sources.label_feature(label_set)] = tfds.features.ClassLabel(names=names)
+        metadata[store_lib.PREPARED_FROM] = self._prepared_from
+        if self._options.store == "frames":
+            metadata[store_lib.FIRST_RECORD] = {}  # filled in as each split is written
+        features = store_lib.features(self._options.store, self._classes)
         return tfds.core.DatasetInfo(
             builder=self,
             description="Videos prepared by vrl.data.prepare.",
@@ -233,22 +218,17 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             setattr(summary, status, getattr(summary, status) + 1)
             with open(task.cache, "rb") as f:
                 item = pickle.load(f)
-            example = {  # id and label from this run's manifest: only pixels are cached
-                "id": task.id.encode("utf-8"),
-                "num_frames": item["num_frames"],
-                "fps": item["fps"],
-            }
-            for label_set, label in task.labels:
-                example[sources.label_feature(label_set)] = label
+            # id and labels from this run's manifest: only pixels are cached.
+            example = store_lib.video_fields(task.id, item["num_frames"], item["fps"], task.labels)
             summary.examples += 1
             if self._options.store == "video":
                 yield task.id, {**example, "video": item["video"]}
                 continue
             video = order[task.id]
-            parts = frames_layout(example, item["frames"], self._options.chunk_frames)
+            parts = store_lib.frames_layout(example, item["frames"], self._options.chunk_frames)
             records[video] = len(parts)
             for part, record in enumerate(parts):
-                yield record_key(video, len(tasks), part), record
+                yield store_lib.record_key(video, len(tasks), part), record
         if not summary.examples:  # else TFDS's "AssertionError: No examples were yielded."
             reasons = "; ".join(reason for _, reason in summary.failed[:3])
             raise InputError(
@@ -256,39 +236,7 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             )
         if self._options.store == "frames":
             counts = [records[video] for video in sorted(records)]
-            self.info.metadata[sources.FIRST_RECORD][split] = [0, *itertools.accumulate(counts)][
-                :-1
-            ]
-
-
-def frames_layout(
-    video: dict[str, Any], jpegs: Sequence[bytes], chunk_frames: int
-) -> list[dict[str, Any]]:
-    """The records of one video in the frames store, in the order they are written.
-
-    A header (the video's id, num_frames, fps and label; `chunk` -1, no frames) is followed by
-    its frames in chunks of `chunk_frames` (`chunk` 0, 1, ...; each repeats the header's
-    fields, so a record read on its own says whose frames it holds). The split's table
-    metadata["first_record"][split] gives each video's header position, in manifest order:
-    a source reads the header for a record, and chunk c of that video at header + 1 + c.
-    """
-    header = {**video, "chunk": -1, "frames": []}
-    chunks = [
-        {**video, "chunk": c, "frames": list(jpegs[start : start + chunk_frames])}
-        for c, start in enumerate(range(0, len(jpegs), chunk_frames))
-    ]
-    return [header, *chunks]
-
-
-def record_key(video: int, videos: int, part: int) -> int:
-    """TFDS key of record `part` of the `video`-th of `videos` inputs (frames store).
-
-    With shuffling disabled TFDS writes records in key order, which makes (video, part) the
-    on-disk order. It sorts in memory one of 1,000 buckets at a time, assigned by ranges of a
-    128-bit key space: spreading the videos over that space keeps the buckets even, so a split
-    larger than memory is written without holding all of it.
-    """
-    return video * (2**128 // videos) + part
+            self.info.metadata[store_lib.FIRST_RECORD][split] = store_lib.first_records(counts)
 
 
 def _builder_class(name: str) -> type:
@@ -372,7 +320,7 @@ def prepare(
     except (OSError, ValueError) as e:
         raise InputError(str(e)) from None
     prepared_from = _prepared_from(rows, names, options, videos)
-    dataset_dir = os.path.join(out, name, VERSION)
+    dataset_dir = store_lib.dataset_dir(out, name)
     if os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
         if not overwrite:
             changes = _changes(dataset_dir, prepared_from)
@@ -433,7 +381,7 @@ def _read_inputs(
     splits: Sequence[str],
     options: Options,
     allow_outside_root: bool,
-) -> dict[str, list[sources.ManifestRow]]:
+) -> dict[str, list[manifests.ManifestRow]]:
     """Every split's manifest rows, after checking the arguments and that the files exist."""
     if not _NAME.match(name):
         raise ValueError(f"--name={name!r}: use lower_snake_case (letters, digits, _)")
@@ -443,19 +391,19 @@ def _read_inputs(
         raise ValueError(f"--store={options.store!r}; allowed: video, frames")
     if options.chunk_frames < 1:
         raise ValueError(f"--chunk_frames={options.chunk_frames}: must be >= 1")
-    rows = {s: sources.read_manifest(_manifest_path(manifest, s, videos)) for s in splits}
+    rows = {s: manifests.read_manifest(_manifest_path(manifest, s, videos)) for s in splits}
     for split, split_rows in rows.items():
         where = f"manifest for split {split!r} ({_manifest_path(manifest, split, videos)})"
-        sources.check_extensions([r.path for r in split_rows], sources.VIDEO_EXTENSIONS, where)
+        manifests.check_extensions([r.path for r in split_rows], manifests.VIDEO_EXTENSIONS, where)
         if not allow_outside_root:
-            sources.check_inside_root(videos, split_rows, where)
-        sources.check_exist(videos, [r.path for r in split_rows], where)
+            manifests.check_inside_root(videos, split_rows, where)
+        manifests.check_exist(videos, [r.path for r in split_rows], where)
     return rows
 
 
-def _classes(rows: dict[str, list[sources.ManifestRow]], classes, manifest: str):
+def _classes(rows: dict[str, list[manifests.ManifestRow]], classes, manifest: str):
     """(label set -> class names, label set -> {label text: index}) over every split."""
-    label_sets = {split: sources.label_sets_of(split_rows) for split, split_rows in rows.items()}
+    label_sets = {split: manifests.label_sets_of(split_rows) for split, split_rows in rows.items()}
     first = next(iter(label_sets.values()))
     if any(sets != first for sets in label_sets.values()):
         raise ValueError(f"manifests {manifest}: the splits have other label columns: {label_sets}")
@@ -468,12 +416,8 @@ def _classes(rows: dict[str, list[sources.ManifestRow]], classes, manifest: str)
     for label_set in first:
         labels = [r.labels[label_set] for split_rows in rows.values() for r in split_rows]
         where = f"manifests {manifest} ({label_set})"
-        names[label_set], lookups[label_set] = sources.class_names(labels, classes, where)
+        names[label_set], lookups[label_set] = manifests.class_names(labels, classes, where)
     return names, lookups
-
-
-# metadata.json key: what a dataset was prepared from, so that a re-run can tell.
-PREPARED_FROM = "prepared_from"
 
 
 def _prepared_from(rows, names, options: Options, videos: str) -> dict:
@@ -498,7 +442,7 @@ def _changes(dataset_dir: str, now: dict) -> list[str]:
     """
     try:
         with open(os.path.join(dataset_dir, "metadata.json"), encoding="utf-8") as f:
-            before = json.load(f).get(PREPARED_FROM)
+            before = json.load(f).get(store_lib.PREPARED_FROM)
     except FileNotFoundError:
         before = None
     if before is None:  # prepared before inputs were recorded: only the splits can be compared
@@ -561,102 +505,6 @@ def _report(summary: dict[str, SplitSummary], name: str, out: str, work_dir: str
                  name, name, out)  # fmt: skip
 
 
-def read_classes(path: str) -> list[str]:
-    """Class names, one per line; a leading index ("1 ApplyEyeMakeup": classInd.txt) is dropped."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
-    return [re.sub(r"^\d+\s+", "", line) for line in lines]
-
-
-# --- manifests from official annotation files -----------------------------------------------------
-
-
-# Kinetics CSVs name the validation split "val" or "validate"; TFDS and the configs say this.
-_KINETICS_SPLITS = {"val": "validation", "validate": "validation"}
-
-
-def kinetics_manifest(annotations: str, videos: str, manifest: str) -> dict[str, int]:
-    """CVDF Kinetics CSV (label,youtube_id,time_start,time_end,split) -> manifest(s).
-
-    The split column picks the manifest ("val" is written as "validation").
-    Files are `{youtube_id}_{start:06d}_{end:06d}.mp4` anywhere under `videos` (flat, as the
-    CVDF K600 archives extract, or in class folders). Rows whose video is missing (removed
-    from YouTube) are left out and counted. Returns the rows written per split.
-    """
-    present = {}
-    for folder, _, files in os.walk(videos):
-        for file in files:
-            present[file] = os.path.relpath(os.path.join(folder, file), videos)
-    out: dict[str, list[sources.ManifestRow]] = {}
-    missing: dict[str, int] = {}
-    with open(annotations, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            start, end = int(row["time_start"]), int(row["time_end"])
-            file = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
-            split = _KINETICS_SPLITS.get(row.get("split") or "train", row.get("split"))
-            if file not in present:
-                missing[split] = missing.get(split, 0) + 1
-                continue
-            row = sources.ManifestRow(present[file], row.get("label") or None)
-            out.setdefault(split, []).append(row)
-    return _write_manifests(out, manifest, missing)
-
-
-def ucf101_manifest(splits_dir: str, videos: str, manifest: str, fold: int) -> dict[str, int]:
-    """UCF101 `ucfTrainTestlist/{train,test}list0{fold}.txt` -> train/test manifests."""
-    out: dict[str, list[sources.ManifestRow]] = {}
-    missing: dict[str, int] = {}
-    for split in ("train", "test"):
-        with open(os.path.join(splits_dir, f"{split}list0{fold}.txt"), encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                rel = line.split()[0]
-                if not os.path.exists(os.path.join(videos, rel)):
-                    missing[split] = missing.get(split, 0) + 1
-                    continue
-                out.setdefault(split, []).append(sources.ManifestRow(rel, rel.split("/")[0]))
-    return _write_manifests(out, manifest, missing)
-
-
-def hmdb51_manifest(splits_dir: str, videos: str, manifest: str, fold: int) -> dict[str, int]:
-    """HMDB51 `testTrainMulti_7030_splits/<class>_test_split{fold}.txt` -> train/test manifests.
-
-    In those files 1 marks a training video, 2 a test video, 0 a video the split leaves out.
-    """
-    out: dict[str, list[sources.ManifestRow]] = {}
-    missing: dict[str, int] = {}
-    pattern = os.path.join(splits_dir, f"*_test_split{fold}.txt")
-    for path in sorted(glob.glob(pattern)):
-        label = os.path.basename(path)[: -len(f"_test_split{fold}.txt")]
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) != 2 or parts[1] not in ("1", "2"):
-                    continue
-                split = "train" if parts[1] == "1" else "test"
-                rel = f"{label}/{parts[0]}"
-                if not os.path.exists(os.path.join(videos, rel)):
-                    missing[split] = missing.get(split, 0) + 1
-                    continue
-                out.setdefault(split, []).append(sources.ManifestRow(rel, label))
-    if not out:
-        raise FileNotFoundError(f"no HMDB51 split files match {pattern}")
-    return _write_manifests(out, manifest, missing)
-
-
-def _write_manifests(rows, manifest: str, missing: dict[str, int]) -> dict[str, int]:
-    if len(rows) > 1 and "{split}" not in manifest:
-        raise ValueError(f"--manifest={manifest} needs a '{{split}}' for splits {sorted(rows)}")
-    written = {}
-    for split, split_rows in sorted(rows.items()):
-        path = manifest.replace("{split}", split)
-        written[split] = sources.write_manifest(path, split_rows)
-        logging.info("%s: %d videos (%d listed but missing)", path, written[split],
-                     missing.get(split, 0))  # fmt: skip
-    return written
-
-
 # --- flags ---------------------------------------------------------------------------------------
 
 FLAGS = flags.FLAGS
@@ -704,18 +552,18 @@ def main(argv: Sequence[str]) -> None:
     if absent:
         raise app.UsageError(f"missing {', '.join(absent)}")
     if FLAGS.make_manifest == "kinetics":
-        kinetics_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest)
+        manifests.kinetics_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest)
     elif FLAGS.make_manifest == "ucf101":
-        ucf101_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest, FLAGS.fold)
+        manifests.ucf101_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest, FLAGS.fold)
     elif FLAGS.make_manifest == "hmdb51":
-        hmdb51_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest, FLAGS.fold)
+        manifests.hmdb51_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest, FLAGS.fold)
     else:
         options = Options(
             FLAGS.store, FLAGS.short_side, FLAGS.fps, FLAGS.jpeg_quality, FLAGS.crf,
             FLAGS.chunk_frames,
         )  # fmt: skip
         try:
-            classes = read_classes(FLAGS.classes) if FLAGS.classes else None
+            classes = manifests.read_classes(FLAGS.classes) if FLAGS.classes else None
             prepare(
                 FLAGS.videos, FLAGS.manifest, FLAGS.name, FLAGS.split, FLAGS.out,
                 options=options, workers=FLAGS.workers, work_dir=FLAGS.work_dir,

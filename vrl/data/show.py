@@ -4,10 +4,10 @@ r"""Look at what the model is trained on: a few training examples as animated GI
 
 Augmentation bugs (a crop that misses the action, a flip on direction labels, masks that hide
 the wrong tubelets) are invisible in loss curves, so this draws the examples the trainer would
-draw, through the trainer's own code: `vrl.train.setup` checks the config and builds the source
-and the train ops, the objective adds its mask ops (`objective.batch_ops`), and
-`pipeline.ExampleMaker` makes example i exactly as the i-th video of the run's first global
-batch (same seed, same shuffle, same per-record rng).
+draw, through the trainer's own data path: `pipeline.train_data` builds the source and the
+train ops, the objective adds its mask ops (`objective.batch_ops`), and `TrainData.examples`
+makes example i exactly as the i-th video of the run's first global batch (same seed, same
+shuffle, same per-record rng).
 
 Each example becomes `example_<i>.gif`: rows are the clips the model sees (every view, every
 repeated sample), columns are the clip and then one panel per mask, where tubelets hidden from
@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 from absl import app, flags, logging
+from ml_collections import config_flags
 from PIL import Image, ImageDraw, ImageFont
 
 from vrl import config as config_lib
-from vrl import train
 from vrl.data import pipeline
+from vrl.objectives import base
 
 GREY = 128.0
 TARGET_TINT = np.array([220.0, 40.0, 40.0], np.float32)
@@ -50,25 +51,24 @@ def make_examples(config: Any, num: int = 4, split: str | None = None) -> tuple[
     Returns (examples, info) with info = {"grid": token grid or None, "views": V,
     "repeats": k, "label_names": {set: [names]}}.
     """
-    s = train.setup(config)
-    source = s.train_source
-    if split is not None and split != s.data.train_split:
-        source = pipeline.make_source(s.data, split)
-    clip = train.clip_spec(pipeline.ExampleMaker(source, s.train_ops))
-    mask_ops = s.objective.batch_ops(clip)
-    maker = pipeline.ExampleMaker(source, s.train_ops + list(mask_ops), s.data.repeated_samples)
-    examples = pipeline.train_examples(source, maker, s.run.seed)
-    encoder = s.objective.encoder
+    config = config_lib.to_dict(config)
+    cfg = config_lib.instantiate(pipeline.DataConfig, config.get("data", {}), "config.data")
+    objective = base.build(config)
+    source = pipeline.make_source(cfg, cfg.train_split if split is None else split)
+    data = pipeline.train_data(cfg, source, pipeline.make_ops(cfg.train_pp, "config.data.train_pp"))
+    mask_ops = objective.batch_ops(data.clip)
+    examples = data.examples(config.get("seed", 0), mask_ops)  # the run's seed (0 by default)
+    clip, encoder = data.clip, objective.encoder
     grid = None
     if mask_ops and hasattr(encoder, "token_grid"):
         grid = tuple(encoder.token_grid(clip.frames, clip.height, clip.width))
     info = {
         "grid": grid,
         "views": clip.views,
-        "repeats": s.data.repeated_samples,
-        "label_names": source.label_names,
+        "repeats": cfg.repeated_samples,
+        "label_names": data.label_names,
     }
-    return [examples[i] for i in range(min(num, len(source)))], info
+    return [examples[i] for i in range(min(num, data.num_examples))], info
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -235,8 +235,6 @@ def show(config: Any, out: str, num: int = 4, split: str | None = None) -> list[
 
 def _define_flags() -> None:
     """Flags exist only when this module runs as the program, so importing it defines none."""
-    from ml_collections import config_flags
-
     config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
     flags.DEFINE_string("out", None, "Directory for the GIFs and the contact sheet.")
     flags.DEFINE_integer("num", 4, "Examples to render.")

@@ -23,9 +23,8 @@ from typing import Any, Literal
 import numpy as np
 
 from vrl import registry
+from vrl.data.types import Op
 
-# A numpy op the pipeline applies to each example: (example, rng) -> example.
-Op = Callable[[dict, np.random.Generator], dict]
 Short = Literal["loop", "clamp"]
 
 

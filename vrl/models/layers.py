@@ -32,6 +32,13 @@ STDDEV_RGB = np.array(PIXEL_STATS["imagenet"][1], np.float32)
 default_kernel_init = nn.initializers.lecun_normal()
 
 
+def to_unit_float(video: jax.Array) -> jax.Array:
+    """float32 video in [0, 1] from uint8 pixels (the pipeline's) or from float video as is."""
+    if video.dtype == jnp.uint8:
+        return video.astype(jnp.float32) / 255.0
+    return video.astype(jnp.float32)
+
+
 def to_model_input(video: jax.Array, model: nn.Module) -> jax.Array:
     """uint8 (or [0, 1] float) video -> the normalised input of `model`, in its dtype, on device.
 
@@ -39,10 +46,8 @@ def to_model_input(video: jax.Array, model: nn.Module) -> jax.Array:
     function turns it into model input, for training and probing alike. The statistics are the
     model's own (`model.pixel_norm`), so a converted published model sees what it was trained on.
     """
-    if video.dtype == jnp.uint8:
-        video = video.astype(jnp.float32) / 255.0
     mean, std = PIXEL_STATS[model.pixel_norm]
-    video = (video.astype(jnp.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    video = (to_unit_float(video) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return video.astype(model.dtype)
 
 

@@ -14,29 +14,29 @@ Variables are split in two trees:
 import abc
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vrl import config as config_lib
 from vrl import registry
+from vrl.data.types import ClipSpec, Op
+from vrl.durations import RunLength
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
-# A numpy op the pipeline applies to each example: (example, rng) -> example.
-Op = Callable[[dict, Any], dict]
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipSpec:
-    """Shape of one view of a clip as the model sees it; lets objectives size their masks."""
+class InitialWeights:
+    """Weights an objective starts from: encoder `which` of the run in `workdir` at `step`."""
 
-    frames: int
-    height: int
-    width: int
-    views: int = 1
+    workdir: str
+    step: int | None = None
+    which: str = "encoder"
 
 
 class Objective(abc.ABC):
@@ -65,14 +65,36 @@ class Objective(abc.ABC):
         """After each optimiser step (EMA target update); identity by default."""
         return extra
 
-    def for_training(self, total_steps: int) -> "Objective":
-        """This objective with schedules sized to the run (V-JEPA's EMA momentum); default: self."""
+    def for_training(self, length: RunLength) -> "Objective":
+        """This objective with schedules sized to the run (V-JEPA's EMA horizon); default: self."""
         return self
 
-    def post_init(self, params: PyTree, extra: PyTree) -> tuple[PyTree, PyTree]:
-        """Fills in state that comes from outside the run after a fresh init (never on resume):
-        a frozen teacher, or pretrained encoder weights to fine-tune. Values must keep their
-        shapes; the trainer lays them out as the init did."""
+    def initial_weights(self) -> dict[str, "InitialWeights"]:
+        """{encoder name: where its weights come from} for state that comes from outside the run,
+        placed after a fresh init (never on resume): a pretrained encoder to fine-tune, a frozen
+        teacher. `vrl.weights` loads them strictly; by default none."""
+        return {}
+
+    def external_models(self) -> dict[str, tuple[str, int | None]]:
+        """{field: (workdir, step)} for model configs this objective takes from another run's
+        checkpoint when its config does not give them (SALT's teacher); see `with_models`."""
+        return {}
+
+    def with_models(self, models: dict[str, dict]) -> "Objective":
+        """This objective with the model configs `external_models` asked for filled in."""
+        return dataclasses.replace(self, **models)
+
+    def set_encoder_variables(
+        self, params: PyTree, extra: PyTree, which: str, variables: PyTree
+    ) -> tuple[PyTree, PyTree]:
+        """(params, extra) with the variables of encoder `which` replaced (the inverse of
+        `encoder_variables`); the online encoder's batch statistics travel with it."""
+        if which != "encoder":
+            raise ValueError(f"objective has no {which!r} encoder; allowed: encoder")
+        params = {**params, "encoder": variables["params"]}
+        if "batch_stats" in variables:
+            stats = {**extra.get("batch_stats", {}), "encoder": variables["batch_stats"]}
+            extra = {**extra, "batch_stats": stats}
         return params, extra
 
     def layer_ids(self, params: PyTree) -> tuple[PyTree, int]:
@@ -84,15 +106,17 @@ class Objective(abc.ABC):
         """Variables for `self.encoder.apply`: the online encoder, or e.g. "target"/"teacher"."""
         if which != "encoder":
             raise ValueError(f"objective has no {which!r} encoder; allowed: encoder")
-        variables = {"params": params["encoder"]}
         stats = extra.get("batch_stats", {}).get("encoder") if extra else None
-        if stats:
-            variables["batch_stats"] = stats
-        return variables
+        return variables(params["encoder"], stats)
 
     def encoders(self) -> tuple[str, ...]:
         """Names accepted by `encoder_variables` (what a probe may measure)."""
         return ("encoder",)
+
+
+def variables(params: PyTree, batch_stats: PyTree | None) -> dict:
+    """Variables for a module's `apply`: its params, and its batch statistics where it has any."""
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 def check_views(objective: Objective, clip: ClipSpec, views: int) -> None:
@@ -100,8 +124,6 @@ def check_views(objective: Objective, clip: ClipSpec, views: int) -> None:
     (else the compiled step fails on a shape)."""
     if clip.views == views:
         return
-    from vrl import config as config_lib  # noqa: PLC0415 - config imports the registry
-
     name = next(
         (n for n in registry.names("objective") if type(objective) is registry.get("objective", n)),
         type(objective).__name__,
@@ -133,8 +155,6 @@ def layer_ids(params: PyTree) -> tuple[PyTree, int]:
 
 def build(config: Mapping, dtype=jnp.float32) -> Objective:
     """The objective (with its encoder) that a run config (a plain dict) describes."""
-    from vrl import config as config_lib  # noqa: PLC0415 - config imports the registry
-
     encoder = config_lib.component("model", config.get("model"), "config.model", dtype=dtype)
     return config_lib.component(
         "objective", config.get("objective"), "config.objective", encoder=encoder

@@ -90,10 +90,10 @@ class CVRL(base.Objective):
         stats = extra["batch_stats"]
         mutable = ["batch_stats"] if train else []
         tokens, enc_state = self.encoder.apply(
-            _variables(params["encoder"], stats["encoder"]), x, train=train, mutable=mutable
+            base.variables(params["encoder"], stats["encoder"]), x, train=train, mutable=mutable
         )
         z, head_state = self.head.apply(
-            _variables(params["head"], stats["head"]),
+            base.variables(params["head"], stats["head"]),
             self.encoder.pool(tokens),
             train=train,
             mutable=mutable,
@@ -112,7 +112,3 @@ class CVRL(base.Objective):
 def _flatten_views(video: jax.Array) -> jax.Array:
     """[B, V, T, H, W, C] -> [B * V, T, H, W, C], views of one video adjacent."""
     return video.reshape(-1, *video.shape[2:])
-
-
-def _variables(params, stats) -> dict:
-    return {"params": params, "batch_stats": stats} if stats else {"params": params}

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vrl import registry
-from vrl.config import ConfigError
+from vrl.config import ConfigError, component
 from vrl.models import heads, layers
 from vrl.objectives import base, masking
 
@@ -161,16 +161,18 @@ class _LatentPrediction(base.Objective):
 class VJEPA(_LatentPrediction):
     ema_start: float = 0.998
     ema_end: float = 1.0
-    # Steps over which the momentum goes from ema_start to ema_end (default: the whole run;
-    # V-JEPA stretches its schedules by 1.25: set ema_steps accordingly).
+    # How long the momentum takes from ema_start to ema_end: one of steps, epochs or a fraction
+    # of the run (see vrl/durations.py); the whole run by default. V-JEPA stretches its
+    # schedules by 1.25: ema_fraction=1.25.
     ema_steps: int | None = None
+    ema_epochs: float | None = None
+    ema_fraction: float | None = None
 
     name = "vjepa"
 
-    def for_training(self, total_steps):
-        if self.ema_steps is None:
-            return dataclasses.replace(self, ema_steps=total_steps)
-        return self
+    def for_training(self, length):
+        horizon = length.steps(self, "ema", "config.objective", default=length.total_steps)
+        return dataclasses.replace(self, ema_steps=horizon, ema_epochs=None, ema_fraction=None)
 
     def init(self, rng, batch):
         params = self.init_online(rng, batch, self.encoder.output_dim)
@@ -209,6 +211,9 @@ class SALT(_LatentPrediction):
 
     teacher_checkpoint: str = ""
     teacher_step: int | None = None
+    # The teacher's `config.model`; by default the one saved with its checkpoint
+    # (`vrl.weights.build_objective` reads it there).
+    teacher_model: dict | None = None
 
     name = "salt"
 
@@ -218,33 +223,39 @@ class SALT(_LatentPrediction):
                 "config.objective.teacher_checkpoint: required; the workdir of a stage-1 run "
                 "(videomae objective with mask='vjepa')"
             )
-        self.teacher  # noqa: B018 - reads the teacher's config now, so a bad path fails at start-up
+
+    def external_models(self):
+        if self.teacher_model is not None:
+            return {}
+        return {"teacher_model": (self.teacher_checkpoint, self.teacher_step)}
 
     @functools.cached_property
     def teacher(self) -> nn.Module:
-        """The teacher's encoder module, built from the config saved with its checkpoint."""
-        from vrl import checkpoint  # noqa: PLC0415 - orbax only when a teacher is used
-
-        try:
-            meta, _ = checkpoint.load_meta(self.teacher_checkpoint, self.teacher_step)
-        except checkpoint.CheckpointError as e:
-            raise ConfigError(f"config.objective.teacher_checkpoint: {e}") from None
-        return base.build(meta["config"], self.encoder.dtype).encoder
+        """The teacher's encoder module."""
+        if self.teacher_model is None:
+            raise ConfigError(
+                "config.objective.teacher_model: unknown; build the objective with "
+                "vrl.weights.build_objective, which reads it from the teacher's checkpoint"
+            )
+        return component(
+            "model", self.teacher_model, "config.objective.teacher_model", dtype=self.encoder.dtype
+        )
 
     def init(self, rng, batch):
         online_rng, teacher_rng = jax.random.split(rng)
         params = self.init_online(online_rng, batch, self.teacher.output_dim)
         x = layers.to_model_input(batch["video"], self.teacher)
-        # Placeholder of the right shapes; post_init replaces it with the saved teacher.
+        # Placeholder of the right shapes; `initial_weights` replaces it with the saved teacher.
         teacher = self.teacher.init(teacher_rng, x, train=False)
         return params, {"teacher": teacher}
 
-    def post_init(self, params, extra):
-        from vrl import api, checkpoint  # noqa: PLC0415
+    def initial_weights(self):
+        return {"teacher": base.InitialWeights(self.teacher_checkpoint, self.teacher_step)}
 
-        loaded = api.load_encoder(self.teacher_checkpoint, self.teacher_step, "encoder")
-        checkpoint.check_matches(loaded.variables, extra["teacher"], "the SALT teacher")
-        return params, {**extra, "teacher": jax.device_get(loaded.variables)}
+    def set_encoder_variables(self, params, extra, which, variables):
+        if which == "teacher":
+            return params, {**extra, "teacher": variables}
+        return super().set_encoder_variables(params, extra, which, variables)
 
     def targets(self, extra, video):
         x = layers.to_model_input(video, self.teacher)

@@ -32,7 +32,7 @@ def tubelet_targets(
     The std is sqrt(var + 1e-6) by default; `eps_inside_sqrt=False` gives the published
     VideoMAE code's sqrt(var) + 1e-6 (unbiased var in both), which converted runs use.
     """
-    x = video.astype(jnp.float32) / 255.0 if video.dtype == jnp.uint8 else video.astype(jnp.float32)
+    x = layers.to_unit_float(video)
     pt, ph, pw = patch
     x = einops.rearrange(
         x, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw) c", pt=pt, ph=ph, pw=pw

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from vrl import config as config_lib
 from vrl import registry
+from vrl.models.vit import ViT
 from vrl.objectives.base import ClipSpec
 
 MaskKind = Literal["tube", "random", "motion", "noise", "multiblock", "vjepa"]
@@ -43,7 +44,7 @@ def token_grid(encoder, clip: ClipSpec, objective: str) -> tuple[int, int, int]:
             f"config.objective ({objective}) takes one clip per video, the train ops make "
             f"{clip.views} views; use uniform_clip(...) in config.data.train_pp"
         )
-    if not hasattr(encoder, "token_grid") or type(encoder).__name__ != "ViT":
+    if not isinstance(encoder, ViT):
         raise config_lib.ConfigError(
             f"config.objective ({objective}) needs an encoder that takes keep_idx (vit); "
             f"got config.model.name={_registered_name(encoder)!r}"

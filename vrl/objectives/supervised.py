@@ -113,32 +113,15 @@ class Supervised(base.Objective):
         params = {"encoder": enc_vars["params"], "head": head_vars["params"]}
         return params, {"batch_stats": {"encoder": enc_vars.get("batch_stats", {})}}
 
-    def post_init(self, params, extra):
+    def initial_weights(self):
         if not self.init_from:
-            return params, extra
-        from vrl import api, checkpoint  # noqa: PLC0415
-
-        loaded = jax.device_get(
-            api.load_encoder(self.init_from, self.init_step, self.init_which).variables
-        )
-        current = {
-            "params": params["encoder"],
-            **(
-                {"batch_stats": extra["batch_stats"]["encoder"]}
-                if extra["batch_stats"]["encoder"]
-                else {}
-            ),
-        }
-        checkpoint.check_matches(loaded, current, f"encoder of {self.init_from}")
-        params = {**params, "encoder": loaded["params"]}
-        if "batch_stats" in loaded:
-            extra = {"batch_stats": {"encoder": loaded["batch_stats"]}}
-        return params, extra
+            return {}
+        return {"encoder": base.InitialWeights(self.init_from, self.init_step, self.init_which)}
 
     def logits(self, params, extra, video, rng, train):
         x = layers.to_model_input(video, self.encoder)
         stats = extra["batch_stats"]["encoder"]
-        variables = {"params": params["encoder"], **({"batch_stats": stats} if stats else {})}
+        variables = base.variables(params["encoder"], stats)
         rngs = {"dropout": rng}
         if train and stats:
             tokens, updates = self.encoder.apply(
@@ -163,7 +146,7 @@ class Supervised(base.Objective):
         labels = jax.nn.one_hot(batch[key], self.num_classes)
         video = batch["video"]
         if train and (self.mixup > 0 or self.cutmix > 0):
-            video = video.astype(jnp.float32) / 255.0 if video.dtype == jnp.uint8 else video
+            video = layers.to_unit_float(video)
             video, labels = mix(video, labels, mix_rng, self.mixup, self.cutmix)
         labels = optax.smooth_labels(labels, self.label_smoothing) if train else labels
         logits, extra = self.logits(params, extra, video, model_rng, train)

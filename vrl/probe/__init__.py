@@ -1,1 +1,2 @@
-"""Probing jobs that measure a frozen or fine-tuned encoder from a checkpoint."""
+"""Probes: measure an encoder (frozen features, its own classifier, fine-tuned), as a job on a
+checkpoint (`python -m vrl.probe`) or as a training run's `config.evals` (`vrl.evaluators`)."""

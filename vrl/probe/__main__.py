@@ -12,6 +12,7 @@ from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import flag_errors, metrics
 from vrl.probe import main as probe_main
+from vrl.probe import results
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Probe config file.", lock_config=True)
 
@@ -21,11 +22,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     metrics.quiet_library_logs()
     try:
-        results = probe_main.run_job(config_lib.to_dict(_CONFIG.value))
+        measured = probe_main.run_job(config_lib.to_dict(_CONFIG.value))
     except (config_lib.ConfigError, ckpt_lib.CheckpointError) as e:
         print(f"vrl.probe: {e}", file=sys.stderr)
         sys.exit(2)
-    print(probe_main.summary_table(results))
+    print(results.summary_table(measured))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

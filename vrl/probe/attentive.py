@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vrl import optim, registry
+from vrl import optim, registry, sharding
 from vrl.config import ConfigError
 from vrl.models import heads as heads_lib
-from vrl.probe import scores
+from vrl.probe import batches, scores
 
 
 class AttentiveClassifier(nn.Module):
@@ -143,16 +143,14 @@ class AttentiveProbe:
         return params
 
     def predict(self, model: AttentiveClassifier, params, x: np.ndarray) -> np.ndarray:
-        """View-averaged probabilities [P, N, C] of every probe for tokens [N, V, L, D]."""
-        chunk = max(1, min(self.eval_batch_size, len(x)))
-        out = []
-        for start in range(0, len(x), chunk):
-            part = x[start : start + chunk]
-            pad = chunk - len(part)
-            if pad:
-                part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-            out.append(np.asarray(_view_probs(model, params, part))[:, : chunk - pad])
-        return np.concatenate(out, axis=1)
+        """View-averaged probabilities [P, N, C] of every probe for tokens [N, V, L, D], in
+        batches of `eval_batch_size` over every device."""
+        mesh = sharding.make_mesh(sharding.MeshConfig())
+        params = jax.device_put(jax.tree.map(np.asarray, params), sharding.replicated(mesh))
+        size = batches.batch_size(min(self.eval_batch_size, len(x)), mesh)
+        fn = lambda batch: {"probs": _view_probs(model, params, batch["x"])}
+        out = batches.run(fn, batches.padded({"x": x}, size), mesh, local=False)
+        return out["probs"].swapaxes(0, 1)
 
 
 def default_heads(width: int) -> int:
@@ -203,6 +201,7 @@ def _train_step(model: AttentiveClassifier, params, opt_state, lrs, wds, xb, yb,
 
 @functools.partial(jax.jit, static_argnums=0)
 def _view_probs(model: AttentiveClassifier, params, x):
+    """[N, P, C]: batch-major, as `batches.run` gathers it."""
     n, views = x.shape[:2]
     flat = x.reshape(n * views, *x.shape[2:])
 
@@ -210,4 +209,4 @@ def _view_probs(model: AttentiveClassifier, params, x):
         probs = jax.nn.softmax(model.apply({"params": p}, flat), axis=-1)
         return probs.reshape(n, views, -1).mean(axis=1)
 
-    return jax.vmap(one)(params)
+    return jax.vmap(one, out_axes=1)(params)

@@ -13,24 +13,11 @@ import os
 from absl import logging
 
 from vrl import config as config_lib
+from vrl.data import sources
+from vrl.probe import features
 
 # Result files record the source they were made on under this key.
 SOURCE_KEY = "source"
-
-
-def unset_source(name: str):
-    """A ConfigDict of every key of source `name` (so each is settable), all unset but `name`."""
-    import ml_collections  # noqa: PLC0415 - only config files need it
-
-    full = config_lib.defaults("source", name)
-    out = ml_collections.ConfigDict()
-    for key in full:
-        if key == "name":
-            out.name = name
-        else:
-            kind = full.get_ref(key).get_type()
-            out[key] = ml_collections.config_dict.placeholder(kind)
-    return out
 
 
 def job_data(run_data: dict, overrides: dict) -> dict:
@@ -88,9 +75,6 @@ def clip_shape(run_meta: dict) -> tuple[int, ...] | None:
 def log_clips(run_meta: dict, data: dict, split: str, pp: str) -> None:
     """Logs the clip shape the probe feeds the encoder next to the one it was trained on, and
     the source it reads: an encoder accepts other sizes without a word."""
-    from vrl.data import sources  # noqa: PLC0415 - the data stack only where features are made
-    from vrl.probe import features  # noqa: PLC0415
-
     try:
         shape = tuple(features.clips(data, split, [0], pp=pp).shape[1:])
     except sources.DecodeError as e:

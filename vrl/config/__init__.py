@@ -3,7 +3,8 @@
 The schema is the code: a section's allowed keys and types are the fields of the dataclass (or
 the keyword arguments of the function) it configures, so adding a field to a model or an
 objective is all it takes to make it configurable. Errors are one line naming the key and what
-is allowed, raised before any array exists.
+is allowed, raised before any array exists. Config files are built with configs/common.py;
+`python -m vrl.config --config=FILE` prints one with every default filled in.
 """
 
 import dataclasses
@@ -92,6 +93,15 @@ def component(kind: str, cfg: Mapping | None, path: str, **fixed: Any) -> Any:
             f"{path}.name: unknown {kind} {name!r}; allowed: {', '.join(registry.names(kind))}"
         ) from None
     return instantiate(target, cfg, path, **fixed)
+
+
+def check_ranges(path: str, cfg: Any, **rules: tuple[str, Callable[[Any], bool]]) -> None:
+    """Bounds types cannot express, for a config dataclass's `__post_init__`:
+    `key=(allowed, ok)` raises a one-line ConfigError where `ok(cfg.key)` is false."""
+    for key, (allowed, ok) in rules.items():
+        value = getattr(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{path}.{key}: {value!r} is not allowed; allowed: {allowed}")
 
 
 def check_type(value: Any, annotation: Any, path: str) -> Any:
@@ -210,94 +220,11 @@ def check_arg(key: str, value: Any, allowed: Sequence) -> Any:
     return value
 
 
-def section(target: Callable, exclude: tuple[str, ...] = (), **values: Any):
-    """A ConfigDict of every key `target` accepts, at its default unless given in `values`.
-
-    ml_collections only overrides keys that exist, so configs built from sections accept any
-    key on the command line (`--config.optim.grad_accum_steps=4`). Keys whose default is None
-    become typed placeholders.
-    """
-    import ml_collections  # noqa: PLC0415 - only config files need it
-
-    out = ml_collections.ConfigDict()
-    for key, (annotation, default) in parameters(target).items():
-        if key in exclude:
-            continue
-        if key in values:
-            out[key] = values.pop(key)
-        elif default is inspect.Parameter.empty or default is None:
-            base = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
-            origin = get_origin(base[0]) or base[0]
-            out[key] = ml_collections.config_dict.placeholder(
-                origin if isinstance(origin, type) else str
-            )
-        else:
-            out[key] = default
-    if values:
-        raise ConfigError(
-            f"unknown keys {sorted(values)} for {getattr(target, '__name__', target)}"
-        )
-    return out
-
-
-# Arguments the trainer passes itself: never config keys.
-_FIXED = ("dtype", "encoder", "split")
-
-
-def defaults(kind: str, name: str, **values: Any):
-    """`section` of a registered component, with its registry `name`: every key overridable.
-
-    E.g. `c.model = defaults("model", "vit", size="B")` accepts `--config.model.remat=True`, and
-    a probe config built with `:source=video_folder` accepts `--config.data.source.root=...`.
-    """
-    out = section(registry.get(kind, name), exclude=_FIXED, **values)
-    out.name = name
-    return out
-
-
 def drop_unset(cfg: Any) -> Any:
     """Removes None values (unset placeholders) from nested dicts."""
     if isinstance(cfg, Mapping):
         return {k: drop_unset(v) for k, v in cfg.items() if v is not None}
     return cfg
-
-
-# Shared by the `:runlocal` variants of the configs: tiny shapes that run on a CPU in a minute.
-TINY_VIT = {"size": "Ti", "width": 64, "depth": 2, "heads": 2, "patch": (2, 8, 8)}
-
-
-def run_config(**values: Any):
-    """A run config with every top-level key and every section listed (see `section`)."""
-    from vrl import checkpoint, optim, sharding, train  # noqa: PLC0415 - the trainer imports this
-    from vrl.data import pipeline  # noqa: PLC0415
-
-    c = section(train.TrainConfig, **values)
-    c.mesh = section(sharding.MeshConfig)
-    c.ckpt = section(checkpoint.CheckpointConfig)
-    c.optim = section(optim.OptimConfig)
-    c.data = section(pipeline.DataConfig)
-    return c
-
-
-def data_section(source: dict, **values: Any):
-    """`config.data` with every key, the source's keys included."""
-    from vrl.data import pipeline  # noqa: PLC0415
-
-    source = dict(source)
-    return section(
-        pipeline.DataConfig, source=defaults("source", source.pop("name"), **source), **values
-    )
-
-
-def runlocal_data(train_pp: str, test_pp: str, batch_size: int = 8, size: int = 64):
-    """`config.data` for a :runlocal variant: the synthetic dataset, a few videos."""
-    return data_section(
-        {"name": "synthetic", "frames": 32, "size": size, "num_videos": 32},
-        batch_size=batch_size,
-        train_pp=train_pp,
-        test_pp=test_pp,
-        num_workers=0,
-    )
 
 
 def load_file(path: str, arg: str | None = None):

@@ -1,0 +1,127 @@
+"""What config files build runs from: sections listing every key, tiny `:runlocal` shapes.
+
+Here, next to the configs (as in big_vision), so that `vrl` itself only checks and builds
+configs: loading a config imports the dataclasses it lists, never the trainer.
+"""
+
+import inspect
+from collections.abc import Callable
+from typing import Any, get_args, get_origin
+
+import ml_collections
+
+from vrl import checkpoint, optim, registry, setup, sharding
+from vrl.config import ConfigError, parameters
+from vrl.data import pipeline
+
+# Shared by the `:runlocal` variants of the configs: tiny shapes that run on a CPU in a minute.
+TINY_VIT = {"size": "Ti", "width": 64, "depth": 2, "heads": 2, "patch": (2, 8, 8)}
+
+# Arguments the code passes a component itself: never config keys.
+_FIXED = ("dtype", "encoder", "split")
+
+
+def section(target: Callable, exclude: tuple[str, ...] = (), **values: Any):
+    """A ConfigDict of every key `target` accepts, at its default unless given in `values`.
+
+    ml_collections only overrides keys that exist, so configs built from sections accept any
+    key on the command line (`--config.optim.grad_accum_steps=4`). Keys whose default is None
+    become typed placeholders.
+    """
+    out = ml_collections.ConfigDict()
+    for key, (annotation, default) in parameters(target).items():
+        if key in exclude:
+            continue
+        if key in values:
+            out[key] = values.pop(key)
+        elif default is inspect.Parameter.empty or default is None:
+            base = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+            origin = get_origin(base[0]) or base[0]
+            out[key] = ml_collections.config_dict.placeholder(
+                origin if isinstance(origin, type) else str
+            )
+        else:
+            out[key] = default
+    if values:
+        raise ConfigError(
+            f"unknown keys {sorted(values)} for {getattr(target, '__name__', target)}"
+        )
+    return out
+
+
+def defaults(kind: str, name: str, **values: Any):
+    """`section` of a registered component, with its registry `name`: every key overridable.
+
+    E.g. `c.model = defaults("model", "vit", size="B")` accepts `--config.model.remat=True`, and
+    a probe config built with `:source=video_folder` accepts `--config.data.source.root=...`.
+    """
+    out = section(registry.get(kind, name), exclude=_FIXED, **values)
+    out.name = name
+    return out
+
+
+def run_config(**values: Any):
+    """A run config with every top-level key and every section listed (see `section`)."""
+    c = section(setup.TrainConfig, **values)
+    c.mesh = section(sharding.MeshConfig)
+    c.ckpt = section(checkpoint.CheckpointConfig)
+    c.optim = section(optim.OptimConfig)
+    c.data = section(pipeline.DataConfig)
+    return c
+
+
+def data_section(source: dict, **values: Any):
+    """`config.data` with every key, the source's keys included."""
+    source = dict(source)
+    return section(
+        pipeline.DataConfig, source=defaults("source", source.pop("name"), **source), **values
+    )
+
+
+def runlocal_data(train_pp: str, test_pp: str):
+    """`config.data` for a :runlocal variant: 32 synthetic videos, batches of 8."""
+    return data_section(
+        {"name": "synthetic", "num_videos": 32}, batch_size=8, train_pp=train_pp, test_pp=test_pp
+    )
+
+
+def unset_source(name: str):
+    """A ConfigDict of every key of source `name` (so each is settable), all unset but `name`."""
+    full = defaults("source", name)
+    out = ml_collections.ConfigDict()
+    for key in full:
+        if key == "name":
+            out.name = name
+        else:
+            kind = full.get_ref(key).get_type()
+            out[key] = ml_collections.config_dict.placeholder(kind)
+    return out
+
+
+def job_config(probe: dict, source: str = ""):
+    """A probe config file's ConfigDict: every job key, unset ones as typed placeholders.
+
+    Data defaults to the checkpoint's; `source` names a source whose keys become settable,
+    e.g. `:source=video_folder` then `--config.data.source.root=DIR`.
+    """
+    placeholder = ml_collections.config_dict.placeholder
+    c = ml_collections.ConfigDict()
+    c.checkpoint = ""
+    c.step = placeholder(int)
+    c.probe = dict(probe)
+    c.encoders = ("pretrained", "random")
+    c.label_sets = placeholder(tuple)
+    c.data = ml_collections.ConfigDict()
+    c.data.train_split = placeholder(str)
+    c.data.test_split = placeholder(str)
+    if source:
+        c.data.source = unset_source(source)  # every key settable, none set
+    c.train_pp = placeholder(str)
+    c.test_pp = placeholder(str)
+    c.test_views = placeholder(tuple)
+    c.batch_size = 32
+    c.plots = True
+    # Names the results (probe/<name>_<labels>_<encoder>.json); set it for a second job on
+    # other data so the first one's results are kept.
+    c.name = placeholder(str)
+    return c

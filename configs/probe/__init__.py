@@ -1,0 +1,1 @@
+"""Probe job configs, run by `python -m vrl.probe --config=configs/probe/<kind>.py`."""
