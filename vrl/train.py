@@ -89,25 +89,25 @@ def _train(s: Setup, workdir: str, evaluators, preemption: Preemption) -> dict:
     metrics_lib.log_parameters(state)
     meta = {"config": s.config, "init_batch": batch_spec(init_batch)}
 
-    # --- Compiled step ------------------------------------------------------------------------
+    # --- Compiled step (not needed by a rerun of a finished run: it only evaluates) ------------
+    start = int(jax.device_get(state.step))
     skip_nonfinite = s.run.on_nonfinite == "skip"
     step_fn = make_train_step(
         objective, tx, lr_schedule, s.run.seed, s.optim.grad_accum_steps, skip_nonfinite
     )
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        compiled = compile_step(
-            step_fn, state, state_shardings, sharding.to_global(device_batch, mesh)
-        )
-    logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
-    metrics_lib.log_memory(compiled)
+    compiled = None
+    if start < total_steps:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            global_batch = sharding.to_global(device_batch, mesh)
+            compiled = compile_step(step_fn, state, state_shardings, global_batch)
+        logging.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
+        metrics_lib.log_memory(compiled)
 
     # --- Loop ---------------------------------------------------------------------------------
-    start = int(jax.device_get(state.step))
     writer = metrics_lib.Writer(workdir, resume_step=start)  # rows past `start` set aside
-    progress = metrics_lib.Progress(
-        total_steps, start, s.data.batch_size, metrics_lib.compiled_flops(compiled)
-    )
+    flops = metrics_lib.compiled_flops(compiled) if compiled is not None else None
+    progress = metrics_lib.Progress(total_steps, start, s.data.batch_size, flops)
     log = metrics_lib.StepLog(writer, progress, s.run.log_every_steps)
     data_stats = DataStats(s.data.max_skip_fraction, s.data.repeated_samples)
     # Where the wall time goes: setup (data, first batch, state), compile, the loop's steps and

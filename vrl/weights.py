@@ -38,11 +38,11 @@ def build_objective(config: Mapping, dtype=jnp.float32) -> base.Objective:
     checkpoints (SALT's teacher) filled in from the configs saved with them."""
     objective = base.build(config, dtype)
     models = {}
-    for field, (workdir, step) in objective.external_models().items():
+    for field, source in objective.external_models().items():
         try:
-            meta, _ = ckpt_lib.load_meta(workdir, step)
+            meta, _ = ckpt_lib.load_meta(source.workdir, source.step)
         except ckpt_lib.CheckpointError as e:
-            raise config_lib.ConfigError(f"config.objective: {e}") from None
+            raise config_lib.ConfigError(f"{source.key}: {e}") from None
         models[field] = meta["config"]["model"]
     return objective.with_models(models) if models else objective
 

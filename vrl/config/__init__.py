@@ -8,6 +8,7 @@ is allowed, raised before any array exists. Config files are built with configs/
 """
 
 import dataclasses
+import importlib.util
 import inspect
 import os
 import types
@@ -229,8 +230,6 @@ def drop_unset(cfg: Any) -> Any:
 
 def load_file(path: str, arg: str | None = None):
     """`get_config(arg)` of a config file, e.g. a recipe that builds on another one."""
-    import importlib.util  # noqa: PLC0415
-
     spec = importlib.util.spec_from_file_location(f"vrl_config_{abs(hash(path))}", path)
     if spec is None or not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")

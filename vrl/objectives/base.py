@@ -37,6 +37,7 @@ class InitialWeights:
     workdir: str
     step: int | None = None
     which: str = "encoder"
+    key: str = "config.objective"  # the config key that names `workdir`, for error messages
 
 
 class Objective(abc.ABC):
@@ -75,9 +76,9 @@ class Objective(abc.ABC):
         teacher. `vrl.weights` loads them strictly; by default none."""
         return {}
 
-    def external_models(self) -> dict[str, tuple[str, int | None]]:
-        """{field: (workdir, step)} for model configs this objective takes from another run's
-        checkpoint when its config does not give them (SALT's teacher); see `with_models`."""
+    def external_models(self) -> dict[str, "InitialWeights"]:
+        """{field: the run} for model configs this objective takes from another run's checkpoint
+        when its config does not give them (SALT's teacher); see `with_models`."""
         return {}
 
     def with_models(self, models: dict[str, dict]) -> "Objective":

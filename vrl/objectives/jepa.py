@@ -227,7 +227,7 @@ class SALT(_LatentPrediction):
     def external_models(self):
         if self.teacher_model is not None:
             return {}
-        return {"teacher_model": (self.teacher_checkpoint, self.teacher_step)}
+        return {"teacher_model": self._teacher_run}
 
     @functools.cached_property
     def teacher(self) -> nn.Module:
@@ -250,7 +250,12 @@ class SALT(_LatentPrediction):
         return params, {"teacher": teacher}
 
     def initial_weights(self):
-        return {"teacher": base.InitialWeights(self.teacher_checkpoint, self.teacher_step)}
+        return {"teacher": self._teacher_run}
+
+    @property
+    def _teacher_run(self) -> base.InitialWeights:
+        key = "config.objective.teacher_checkpoint"
+        return base.InitialWeights(self.teacher_checkpoint, self.teacher_step, key=key)
 
     def set_encoder_variables(self, params, extra, which, variables):
         if which == "teacher":

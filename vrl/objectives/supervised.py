@@ -116,7 +116,10 @@ class Supervised(base.Objective):
     def initial_weights(self):
         if not self.init_from:
             return {}
-        return {"encoder": base.InitialWeights(self.init_from, self.init_step, self.init_which)}
+        source = base.InitialWeights(
+            self.init_from, self.init_step, self.init_which, key="config.objective.init_from"
+        )
+        return {"encoder": source}
 
     def logits(self, params, extra, video, rng, train):
         x = layers.to_model_input(video, self.encoder)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -123,7 +124,5 @@ def _figure(size: tuple[float, float]) -> Figure:
 
 
 def _colours(n: int) -> list:
-    from matplotlib import colormaps  # noqa: PLC0415
-
     cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
     return [cmap(i if n <= 20 else i / max(n - 1, 1)) for i in range(n)]
