@@ -6,7 +6,8 @@
 Values follow the released TF Model Garden config (official/projects/video_ssl): batch 1024,
 16 frames at stride 2, 224x224, SGD momentum 0.9 with lr 0.32 and cosine decay, ~1787 warmup
 steps (5 epochs), 200 epochs, L2 weight decay 1e-6 on kernels, temperature 0.1, a 3-layer
-2048-d MLP head with 128-d output. The paper text mentions LARS: `--config.optim.name=lars`.
+2048-d MLP head with 128-d output, loss_a + loss_b (the sum over the two views, not their
+mean). The paper text mentions LARS: `--config.optim.name=lars`.
 Augmentation: random resized crop area [0.3, 1], aspect [0.5, 2], flip, colour jitter p 0.8,
 grayscale p 0.2, blur p 1.0 / 0.1 and solarize p 0 / 0.2 on view 1 / 2.
 Data: a `kinetics600` dataset prepared with `python -m vrl.data.prepare` (see docs/DATA.md) in
@@ -41,7 +42,12 @@ def get_config(arg=None):
         num_workers=16,
     )
     c.model = defaults("model", "cvrl_r3d")
-    c.objective = defaults("objective", "cvrl")
+    # The released loss is loss_a + loss_b (video_ssl/losses/losses.py), and its trainer
+    # (video_ssl/tasks/pretrain.py) does not divide the per-replica loss by the replica count
+    # while Keras sums gradients over replicas: lr 0.32 is the step of a one-replica run on
+    # loss_a + loss_b (+ L2 1e-6). The released config does not name the TPU's replica count
+    # R; for the SGD step of an R-replica TF run use lr 0.32 * R.
+    c.objective = defaults("objective", "cvrl", loss_reduction="sum")
     c.optim.update(name="sgd", lr=0.32, warmup_epochs=5.0, weight_decay=1e-6)
     c.ckpt.every_steps = 2000
     if args.runlocal:

@@ -7,9 +7,10 @@
         --config.objective.teacher_checkpoint=TEACHER_DIR
 
 The VideoMAE loss (MSE on per-tubelet normalised pixels of hidden tubelets) with V-JEPA's two
-mask types instead of tube masking; data, optimiser and schedule as V-JEPA's
-(configs/vjepa_vitl_k710.py). SALT reports that the student is robust to a small teacher, so
-`:size=B` is a sensible choice here when compute is short.
+mask types instead of tube masking, at the `vjepa_masks` op's defaults (stage 2 reads the same
+values: blocks, scales, aspect and keep_quantile); model, data, optimiser and schedule as
+V-JEPA's (configs/vjepa_vitl_k710.py). SALT reports that the student is robust to a small
+teacher, so `:size=B` is a sensible choice here when compute is short.
 """
 
 import os

@@ -8,6 +8,12 @@
 (0.9, 0.95), weight decay 0.05, lr 1.5e-4 x batch / 256 at batch 2048, 40 warmup epochs,
 cosine to 1e-5, 800 epochs (released K400 models; 1600 for the best). Sizes: `:size=S|B|L|H`
 (decoder widths 192 / 384 / 512 / 640).
+
+As the released code (MCG-NJU/VideoMAE) does: frames decoded at short side 320 (its prepared
+Kinetics), `GroupMultiScaleCrop(224, [1, .875, .75, .66])` resized to 224 (`multi_scale_crop`)
+and no flip (`datasets.DataAugmentationForVideoMAE`); one fixed 1-D sine-cosine table over the
+flattened t*h*w index in encoder and decoder (`get_sinusoid_encoding_table`); targets
+(x - mean) / (sqrt(unbiased var) + 1e-6) (`engine_for_pretraining.train_one_epoch`).
 """
 
 import os
@@ -27,17 +33,28 @@ def get_config(arg=None):
             "name": "tfds",
             "dataset": "kinetics400",
             "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
+            "short_side": 320,
         },
         test_split="validation",
         batch_size=2048,
-        train_pp="uniform_clip(frames=16, stride=4)"
-        "|random_resized_crop(size=224, area=(0.43, 1.0), aspect=(0.75, 1.33))",
+        train_pp="uniform_clip(frames=16, stride=4)|multi_scale_crop(size=224)",
         test_pp="center_clip(frames=16, stride=4)|resize_short(size=224)|center_crop(size=224)",
         num_workers=16,
     )
     width, heads = DECODER[args.size]
-    c.model = defaults("model", "vit", size=args.size)
-    c.objective = defaults("objective", "videomae", decoder_width=width, decoder_heads=heads)
+    # q and v biases only (the key bias is a fixed zero) in encoder and decoder, and no bias on
+    # the encoder-to-decoder projection: modeling_pretrain.py's Attention / encoder_to_decoder.
+    c.model = defaults("model", "vit", size=args.size, posemb="sincos_1d", qkv_bias="qv")
+    c.objective = defaults(
+        "objective",
+        "videomae",
+        decoder_width=width,
+        decoder_heads=heads,
+        decoder_posemb="sincos_1d",
+        decoder_qkv_bias="qv",
+        decoder_embed_bias=False,
+        norm_pix_eps_inside_sqrt=False,
+    )
     c.optim.update(
         name="adamw",
         lr=1.5e-4,
@@ -54,7 +71,7 @@ def get_config(arg=None):
         c.log_every_steps = 1
         c.compute_dtype = "float32"
         c.data = runlocal_data(
-            "uniform_clip(frames=8, stride=2)|random_resized_crop(size=32, area=(0.43, 1.0))",
+            "uniform_clip(frames=8, stride=2)|multi_scale_crop(size=32)",
             "center_clip(frames=8, stride=2)|resize_short(size=32)|center_crop(size=32)",
         )
         c.model.update(TINY_VIT)

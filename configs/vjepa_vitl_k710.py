@@ -3,17 +3,26 @@
     python -m vrl.main --config=configs/vjepa_vitl_k710.py --workdir=WORKDIR
     python -m vrl.main --config=configs/vjepa_vitl_k710.py:runlocal --workdir=/tmp/vjepa
 
-16 frames at frame step 4, 224x224, 2x16x16 tubelets; two multi-block mask types per clip
-(short-range 8 blocks x 0.15, long-range 2 blocks x 0.7, aspect [0.75, 1.5], spanning all frames);
-a 12-block 384-wide predictor; targets from an EMA encoder (momentum 0.998 -> 1.0), layer-normed;
-L1 loss averaged over mask types. AdamW (0.9, 0.999), lr 2e-4 -> 6.25e-4 over 40 warmup epochs
-(12k steps) then cosine to 1e-6, weight decay 0.04 -> 0.4, gradient clipping 10, batch 3072,
-90k iterations with every schedule stretched by 1.25 and stopped at 80% (schedule_scale=1.25).
+Follows the released code (facebookresearch/jepa `configs/pretrain/vitl16.yaml`, run by
+`app/vjepa/train.py`) where it and the paper differ. 16 frames at frame step 4, 224x224, 2x16x16
+tubelets; random resized crop (area [0.3, 1], aspect [0.75, 1.35]) and a horizontal flip
+(`make_transforms(random_horizontal_flip=True)`); sine-cosine positions with `uniform_power`
+(2*ceil(D/6) channels per axis) in encoder and predictor. Two multi-block mask types per clip
+(short-range 8 blocks x 0.15, long-range 2 blocks x 0.7, aspect [0.75, 1.5], spanning all
+frames); a 12-block 384-wide predictor with the encoder's heads (16), attending over context and
+target tokens only, one zero-initialised mask token per mask type; targets from an EMA encoder
+(momentum 0.998 -> 1.0, linear over the stretched schedule), layer-normed; L1 loss averaged over
+mask types. AdamW (0.9, 0.999), lr 2e-4 -> 6.25e-4 over 40 warmup epochs (12k steps) then cosine
+to 1e-6, weight decay 0.04 -> 0.4, gradient clipping 10 (see `clip_norm` below), batch 3072, 90k
+iterations with every schedule stretched by 1.25 and stopped at 80% (schedule_scale=1.25).
 Kinetics-710 is K400 + K600 + K700 without validation videos: prepare it as one dataset
-`kinetics710` (docs/DATA.md). Sizes: `:size=B|L|H`.
+`kinetics710` (docs/DATA.md); the release trains on VideoMix2M (K710 + SSv2 + HowTo100M).
+Sizes: `:size=B|L|H`.
 """
 
 import os
+
+from ml_collections.config_dict import placeholder
 
 from configs.common import TINY_VIT, data_section, defaults, run_config, runlocal_data
 from vrl.config import check_arg, parse_arg
@@ -33,13 +42,26 @@ def get_config(arg=None):
         test_split="validation",
         batch_size=3072,
         train_pp="uniform_clip(frames=16, stride=4)"
-        "|random_resized_crop(size=224, area=(0.3, 1.0), aspect=(0.75, 1.35))",
+        "|random_resized_crop(size=224, area=(0.3, 1.0), aspect=(0.75, 1.35))|flip(p=0.5)",
         test_pp="center_clip(frames=16, stride=4)|resize_short(size=224)|center_crop(size=224)",
         num_workers=16,
     )
-    c.model = defaults("model", "vit", size=args.size)
-    # The EMA momentum rises over the stretched schedule (1.25 x the run, as schedule_scale).
-    c.objective = defaults("objective", "vjepa", ema_fraction=1.25)
+    # `uniform_power: true` in the release: the same table in encoder and predictor.
+    c.model = defaults("model", "vit", size=args.size, posemb="sincos_uniform")
+    c.objective = defaults(
+        "objective",
+        "vjepa",
+        # The release's predictor (`init_video_model`): num_heads=encoder.num_heads, context
+        # and target tokens only, `zero_init_mask_tokens: true`.
+        predictor_heads=placeholder(int),  # unset: the encoder's
+        predictor_targets="targets_only",
+        predictor_posemb="sincos_uniform",
+        predictor_zero_mask_tokens=True,
+        # momentum at step i = 0.998 + i * 0.002 / (1.25 * total_steps), as the release's
+        # `momentum_scheduler` over ipe * epochs * ipe_scale iterations (vrl rounds that
+        # horizon to a whole step).
+        ema_fraction=1.25,
+    )
     c.optim.update(
         name="adamw",
         lr=6.25e-4,
@@ -49,6 +71,9 @@ def get_config(arg=None):
         schedule_scale=1.25,
         weight_decay=0.04,
         weight_decay_end=0.4,
+        # `clip_grad: 10.0`. The release clips the encoder's and the predictor's gradient
+        # norms separately and only once `epoch > warmup` (from step 12.3k); vrl clips their
+        # joint norm from step 0, which clips at least as often.
         clip_norm=10.0,
     )
     c.ckpt.every_steps = 2000
@@ -58,7 +83,8 @@ def get_config(arg=None):
         c.compute_dtype = "float32"
         # 64x64 clips give an 8x8 token plane: big enough for two long-range blocks.
         c.data = runlocal_data(
-            "uniform_clip(frames=8, stride=2)|random_resized_crop(size=64, area=(0.3, 1.0))",
+            "uniform_clip(frames=8, stride=2)|random_resized_crop(size=64, area=(0.3, 1.0))"
+            "|flip(p=0.5)",
             "center_clip(frames=8, stride=2)|resize_short(size=64)|center_crop(size=64)",
         )
         c.model.update(TINY_VIT)

@@ -1,7 +1,11 @@
 """Spatial ops (geometry and colour): temporal consistency, per-view randomness, correctness."""
 
+import collections
+import random
+
 import numpy as np
 import pytest
+from scipy import stats
 
 from vrl import registry
 from vrl.data import color, spatial
@@ -19,6 +23,7 @@ def run(op, video, seed=0, **extra):
 
 ALL_OPS = {
     "random_resized_crop": dict(size=32),
+    "multi_scale_crop": dict(size=32),
     "flip": dict(p=1.0),
     "color_jitter": dict(p=1.0),
     "grayscale": dict(p=1.0),
@@ -101,6 +106,119 @@ def test_random_resized_crop_reads_the_sampled_box():
         assert abs(g.min() - top) <= 4 and abs(g.max() - (bottom - 1)) <= 4
         areas.append((right - left) * (bottom - top) / (200 * 250))
     assert min(areas) >= 0.29 and max(areas) <= 1.0 and np.ptp(areas) > 0.3
+
+
+class ReferenceMultiScaleCrop:
+    """MCG-NJU/VideoMAE `transforms.GroupMultiScaleCrop`'s box sampling, copied in plain Python
+    (square input_size; Python's `random`, as theirs)."""
+
+    def __init__(self, input_size, scales, max_distort=1, fix_crop=True, more_fix_crop=True):
+        self.scales, self.max_distort = scales, max_distort
+        self.fix_crop, self.more_fix_crop = fix_crop, more_fix_crop
+        self.input_size = [input_size, input_size]
+
+    def pairs(self, image_w, image_h):
+        base_size = min(image_w, image_h)
+        crop_sizes = [int(base_size * x) for x in self.scales]
+        crop_h = [self.input_size[1] if abs(x - self.input_size[1]) < 3 else x for x in crop_sizes]
+        crop_w = [self.input_size[0] if abs(x - self.input_size[0]) < 3 else x for x in crop_sizes]
+        pairs = []
+        for i, h in enumerate(crop_h):
+            for j, w in enumerate(crop_w):
+                if abs(i - j) <= self.max_distort:
+                    pairs.append((w, h))
+        return pairs
+
+    def _sample_crop_size(self, im_size, rand):
+        image_w, image_h = im_size
+        crop_pair = rand.choice(self.pairs(image_w, image_h))
+        if not self.fix_crop:
+            w_offset = rand.randint(0, image_w - crop_pair[0])
+            h_offset = rand.randint(0, image_h - crop_pair[1])
+        else:
+            offsets = self.fill_fix_offset(self.more_fix_crop, image_w, image_h, *crop_pair)
+            w_offset, h_offset = rand.choice(offsets)
+        return crop_pair[0], crop_pair[1], w_offset, h_offset
+
+    @staticmethod
+    def fill_fix_offset(more_fix_crop, image_w, image_h, crop_w, crop_h):
+        w_step = (image_w - crop_w) // 4
+        h_step = (image_h - crop_h) // 4
+        ret = [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step)]
+        ret.append((2 * w_step, 2 * h_step))
+        if more_fix_crop:
+            ret += [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 4 * h_step)]
+            ret += [(2 * w_step, 0 * h_step), (1 * w_step, 1 * h_step), (3 * w_step, 1 * h_step)]
+            ret += [(1 * w_step, 3 * h_step), (3 * w_step, 3 * h_step)]
+        return ret
+
+    def exact(self, image_w, image_h):
+        """{(w, h, left, top): probability} of a fixed-offset draw, duplicates counted."""
+        pairs, out = self.pairs(image_w, image_h), collections.Counter()
+        for w, h in pairs:
+            offsets = self.fill_fix_offset(self.more_fix_crop, image_w, image_h, w, h)
+            for left, top in offsets:
+                out[w, h, left, top] += 1 / (len(pairs) * len(offsets))
+        return out
+
+
+MULTI_SCALE_CASES = [
+    # height, width, size, fix_crop, more_fix_crop: Kinetics at short side 320; a portrait
+    # frame whose 0.875 side (225) snaps to 224; the :runlocal shape; TSN's 5-corner variant.
+    (320, 426, 224, True, True),
+    (426, 258, 224, True, True),
+    (64, 64, 32, True, True),
+    (240, 320, 224, True, False),
+]
+
+
+@pytest.mark.parametrize("height, width, size, fix, more", MULTI_SCALE_CASES)
+def test_multi_scale_crop_boxes_follow_the_reference(height, width, size, fix, more):
+    scales, draws = (1.0, 0.875, 0.75, 0.66), 6000
+    ref = ReferenceMultiScaleCrop(size, list(scales), 1, fix, more)
+    rand, rng = random.Random(0), np.random.default_rng(0)
+    theirs = collections.Counter(ref._sample_crop_size((width, height), rand) for _ in range(draws))
+    ours = collections.Counter()
+    for _ in range(draws):
+        left, top, right, bottom = spatial.multi_scale_crop_box(
+            rng, height, width, size, scales, 1, fix, more
+        )
+        ours[right - left, bottom - top, left, top] += 1
+    exact = ref.exact(width, height)
+    assert set(ours) == set(theirs) == set(exact)
+    support = sorted(exact)
+    expected = [exact[box] * draws for box in support]
+    for counts in (ours, theirs):
+        assert stats.chisquare([counts[box] for box in support], expected).pvalue > 1e-3
+
+
+def test_multi_scale_crop_free_offsets_follow_the_reference():
+    ref = ReferenceMultiScaleCrop(32, [1.0, 0.875, 0.75, 0.66], fix_crop=False)
+    rand, rng = random.Random(0), np.random.default_rng(0)
+    theirs = [ref._sample_crop_size((64, 48), rand) for _ in range(4000)]
+    boxes = [spatial.multi_scale_crop_box(rng, 48, 64, 32, fix_crop=False) for _ in range(4000)]
+    ours = [(r - left, b - top, left, top) for left, top, r, b in boxes]
+    for draws in (ours, theirs):
+        sizes = collections.Counter((w, h) for w, h, _, _ in draws)
+        assert set(sizes) == set(ref.pairs(64, 48))  # sides (48, 42, 36, 31 -> 32), 10 pairs
+        for (w, h), n in sizes.items():
+            lefts = {left for w2, h2, left, _ in draws if (w2, h2) == (w, h)}
+            assert min(lefts) == 0 and max(lefts) == 64 - w  # every position, edges included
+            assert abs(n / len(draws) - 0.1) < 0.025
+
+
+def test_multi_scale_crop_reads_the_sampled_box():
+    video = still_video(views=3, frames=2, height=80, width=100)
+    op = spatial.multi_scale_crop(size=32)
+    for seed in range(5):
+        out = run(op, video, seed)["video"]
+        rng = np.random.default_rng(seed)
+        for v in range(3):  # one box per view, drawn in view order
+            left, top, right, bottom = spatial.multi_scale_crop_box(rng, 80, 100, 32)
+            expected = spatial.resize_frames(video[v, :, top:bottom, left:right], 32, 32)
+            np.testing.assert_array_equal(out[v], expected)
+    with pytest.raises(ValueError, match="scales"):
+        spatial.multi_scale_crop(scales=(1.0, 1.5))
 
 
 def test_color_jitter_identity_cases():

@@ -145,8 +145,16 @@ def make(
 
 
 def _scale_by_layer(decay: float, layer_ids: Callable) -> optax.GradientTransformation:
-    def scale(updates, params=None):
-        ids, num_layers = layer_ids(updates)
-        return jax.tree.map(lambda u, i: u * decay ** (num_layers + 1 - i), updates, ids)
+    def init(params):
+        if layer_ids(params)[1] == 0:  # else every parameter would keep lr x 1: a silent no-op
+            raise config_lib.ConfigError(
+                "config.optim.layer_decay: the encoder has no numbered layers (block{i}, "
+                "res{s}_block{i}, layer{s}_block{i}); allowed: None"
+            )
+        return optax.EmptyState()
 
-    return optax.stateless(lambda updates, params: scale(updates, params))
+    def update(updates, state, params=None):
+        ids, num_layers = layer_ids(updates)
+        return jax.tree.map(lambda u, i: u * decay ** (num_layers + 1 - i), updates, ids), state
+
+    return optax.GradientTransformation(init, update)

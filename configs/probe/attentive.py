@@ -2,12 +2,18 @@
 
     python -m vrl.probe --config=configs/probe/attentive.py --config.checkpoint=WORKDIR
 
-One cross-attention block with one learned query over the encoder's tokens, then a linear
-classifier; AdamW, cosine schedule, 20 epochs. V-JEPA trains at lr 1e-3, weight decay 0.01; the
-grid here trains 3 x 2 probes at once (one jitted step, vmapped) and reports the best with all
-of them in the result JSON. `:vjepa` is the paper's K400 protocol: 16 frames at stride 4,
-8 segments x 3 views, test pipelines explicit (224 crops). Token caches are [N, V, n, D] on the
-host, so large datasets need a machine with the memory for them.
+One cross-attention block (16 heads) with one learned query over the encoder's tokens, then a
+linear classifier; AdamW, cosine schedule, 20 epochs. The default grid trains 3 x 2 (lr, wd)
+probes at once (one jitted step, vmapped) on 80% of the train videos, chooses the point with the
+best top-1 on the other 20% (never on test), trains it on all of train and reports its test
+numbers with the held-out top-1 of every point.
+
+`:vjepa` is the paper's K400 protocol (jepa `configs/evals/vitl16_k400_16x8x3.yaml`): the
+*target* (EMA) encoder of a V-JEPA checkpoint (`checkpoint_key: target_encoder`; set
+`--config.encoders="('pretrained',)"` for the online one), lr 1e-3 and weight decay 0.01 on all
+of train, 16 heads (the ViT-L/H encoder's), 16 frames at stride 4, 8 segments x 3 views, test
+pipelines explicit (224 crops). Token caches are [N, V, n, D] on the host, so large datasets need
+a machine with the memory for them.
 """
 
 from configs.common import defaults, job_config
@@ -21,7 +27,8 @@ def get_config(arg=None):
     c = job_config(probe, args.source)
     c.encoders = ("pretrained",)
     if args.vjepa:
-        c.probe.update(lrs=(1e-3,), weight_decays=(0.01,), segments=8)
+        c.encoders = ("target",)
+        c.probe.update(lrs=(1e-3,), weight_decays=(0.01,), heads=16, segments=8)
         c.train_pp = (
             "multiview_clips(num_clips=8, frames=16, stride=4)|resize_short(size=256)"
             "|center_crop(size=224)"

@@ -104,6 +104,78 @@ def sample_crop_box(
     return left, top, left + w, top + h
 
 
+@registry.register("transform", "multi_scale_crop")
+def multi_scale_crop(
+    size: int = 224,
+    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66),
+    max_distort: int = 1,
+    fix_crop: bool = True,
+    more_fix_crop: bool = True,
+) -> Op:
+    """VideoMAE's pretraining crop (TSN's `GroupMultiScaleCrop`), resized to size x size.
+
+    Few discrete boxes instead of a continuous family: see `multi_scale_crop_box`.
+    """
+    _check_positive("multi_scale_crop.size", size)
+    if not scales or not all(0 < s <= 1 for s in scales):
+        raise ValueError(f"multi_scale_crop.scales: need values in (0, 1], got {scales}")
+    if max_distort < 0:
+        raise ValueError(f"multi_scale_crop.max_distort: must be >= 0, got {max_distort}")
+
+    def op(example: dict, rng: np.random.Generator) -> dict:
+        video = checked_video(example, "multi_scale_crop")
+        views, frames, height, width, _ = video.shape
+        out = np.empty((views, frames, size, size, 3), np.uint8)
+        for v in range(views):
+            left, top, right, bottom = multi_scale_crop_box(
+                rng, height, width, size, scales, max_distort, fix_crop, more_fix_crop
+            )
+            resize_frames(video[v, :, top:bottom, left:right], size, size, out=out[v])
+        return {**example, "video": out}
+
+    return op
+
+
+def multi_scale_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    size: int,
+    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66),
+    max_distort: int = 1,
+    fix_crop: bool = True,
+    more_fix_crop: bool = True,
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) as VideoMAE's `GroupMultiScaleCrop._sample_crop_size` picks it.
+
+    Side lengths are int(short side * scale), snapped to `size` when within 3 pixels; width and
+    height come from scales at most `max_distort` places apart in the list. With `fix_crop` the
+    corner is one of 5 (13 with `more_fix_crop`) points of a grid of quarter steps, not a free
+    position: the reference's list, duplicates included, so each entry is equally likely. A
+    side snapped beyond the frame (a short side just below `size`) is clamped to the frame,
+    where the reference's PIL crop would pad with black.
+    """
+    sides = [int(min(height, width) * s) for s in scales]
+    sides = [size if abs(side - size) < 3 else side for side in sides]
+    pairs = [
+        (min(w, width), min(h, height))
+        for i, h in enumerate(sides)
+        for j, w in enumerate(sides)
+        if abs(i - j) <= max_distort
+    ]
+    w, h = pairs[rng.integers(len(pairs))]
+    if not fix_crop:
+        left, top = int(rng.integers(width - w + 1)), int(rng.integers(height - h + 1))
+        return left, top, left + w, top + h
+    w_step, h_step = (width - w) // 4, (height - h) // 4
+    corners = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]  # in steps; then the 8 below
+    if more_fix_crop:
+        corners += [(0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
+    i, j = corners[rng.integers(len(corners))]
+    left, top = i * w_step, j * h_step
+    return left, top, left + w, top + h
+
+
 @registry.register("transform", "flip")
 def flip(p: float | tuple[float, ...] = 0.5) -> Op:
     """Horizontal flip of whole views with probability p."""

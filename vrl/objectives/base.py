@@ -99,8 +99,9 @@ class Objective(abc.ABC):
         return params, extra
 
     def layer_ids(self, params: PyTree) -> tuple[PyTree, int]:
-        """(tree of layer numbers, L) for layer-wise lr decay: 0 for the encoder's embedding,
-        i + 1 for its block i, L + 1 for everything after (norms, heads)."""
+        """(tree of layer numbers, L) for layer-wise lr decay: 0 for the encoder's embedding or
+        stem, 1..L for its blocks in network order (ViT blocks, R3D stages' blocks), L + 1 for
+        everything after (norms, heads); see `layer_ids`."""
         return layer_ids(params)
 
     def encoder_variables(self, params: PyTree, extra: PyTree, which: str = "encoder") -> PyTree:
@@ -138,20 +139,25 @@ def check_views(objective: Objective, clip: ClipSpec, views: int) -> None:
 
 
 def layer_ids(params: PyTree) -> tuple[PyTree, int]:
-    """Layer numbers from parameter names: `encoder/embed*` -> 0, `encoder/block{i}` -> i + 1."""
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    blocks = [int(m.group(1)) for p in paths if (m := re.search(r"'encoder'.*'block(\d+)'", p))]
-    num_layers = max(blocks) + 1 if blocks else 0
+    """Layer numbers from parameter names: the encoder's stem (`embed`, `stem*`) -> 0, its blocks
+    in network order -> 1..L (ViT `block{i}`; CVRL R3D `res{s}_block{i}` and torchvision
+    `layer{s}_block{i}`, ordered by stage then block), everything else (norms, heads) -> L + 1."""
+    stem = re.compile(r"'encoder'.*'(embed|stem[^']*)'")
+    block = re.compile(r"'encoder'.*'(?:(?:res|layer)(\d+)_)?block(\d+)'")
+
+    def block_key(path) -> tuple[int, int] | None:
+        m = block.search(jax.tree_util.keystr(path))
+        return (int(m.group(1) or 0), int(m.group(2))) if m else None
+
+    keys = {k for p, _ in jax.tree_util.tree_flatten_with_path(params)[0] if (k := block_key(p))}
+    order = {key: i + 1 for i, key in enumerate(sorted(keys))}
 
     def number(path, _):
-        name = jax.tree_util.keystr(path)
-        if (m := re.search(r"'encoder'.*'block(\d+)'", name)) is not None:
-            return int(m.group(1)) + 1
-        if re.search(r"'encoder'.*'embed'", name):
-            return 0
-        return num_layers + 1
+        if (key := block_key(path)) is not None:
+            return order[key]
+        return 0 if stem.search(jax.tree_util.keystr(path)) else len(order) + 1
 
-    return jax.tree_util.tree_map_with_path(number, params), num_layers
+    return jax.tree_util.tree_map_with_path(number, params), len(order)
 
 
 def build(config: Mapping, dtype=jnp.float32) -> Objective:

@@ -7,6 +7,7 @@ sharded batch the compiler inserts the all-gathers, so negatives come from every
 """
 
 import dataclasses
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -18,10 +19,14 @@ from vrl.models import heads, layers
 from vrl.objectives import base
 
 
-def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+def nt_xent(
+    z1: jax.Array, z2: jax.Array, temperature: float, reduction: str = "mean"
+) -> tuple[jax.Array, jax.Array]:
     """(loss, top-1 accuracy of finding the positive) for L2-normalised views z1, z2 [B, D].
 
-    Each of the 2B clips must pick its partner among the other 2B - 1 clips.
+    Each of the 2B clips must pick its partner among the other 2B - 1 clips. `reduction`
+    combines loss_a (the B rows of view 1, averaged) and loss_b (view 2): "mean" is
+    (loss_a + loss_b) / 2, the average over all 2B clips; "sum" is loss_a + loss_b.
     """
     z = jnp.concatenate([z1, z2], axis=0).astype(jnp.float32)
     n = z.shape[0]
@@ -30,6 +35,8 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> tuple[jax.Array
     partner = jnp.concatenate([jnp.arange(n // 2) + n // 2, jnp.arange(n // 2)])
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     loss = -jnp.take_along_axis(log_probs, partner[:, None], axis=-1).mean()
+    if reduction == "sum":
+        loss = 2.0 * loss
     accuracy = (jnp.argmax(logits, axis=-1) == partner).mean()
     return loss, accuracy
 
@@ -42,6 +49,11 @@ class CVRL(base.Objective):
     head_hidden: int = 2048
     head_layers: int = 3
     head_out: int = 128
+    # How the two views' losses, each a mean over the batch, add up: "mean" (loss_a + loss_b) / 2
+    # as in the SimCLR paper's formula, "sum" loss_a + loss_b as the released CVRL code
+    # (official/projects/video_ssl/losses/losses.py) returns. With SGD the gradient, and so
+    # the step that a given lr makes, is twice as large under "sum".
+    loss_reduction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self):
         if not self.temperature > 0:  # 0 divides by zero, < 0 rewards pushing positives apart
@@ -101,7 +113,7 @@ class CVRL(base.Objective):
         z = z.astype(jnp.float32)
         z = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-12)
         z = z.reshape(batch_size, 2, -1)
-        loss, accuracy = nt_xent(z[:, 0], z[:, 1], self.temperature)
+        loss, accuracy = nt_xent(z[:, 0], z[:, 1], self.temperature, self.loss_reduction)
         new_stats = {
             "encoder": enc_state.get("batch_stats", stats["encoder"]),
             "head": head_state.get("batch_stats", stats["head"]),

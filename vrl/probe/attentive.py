@@ -8,9 +8,15 @@ concatenated into one sequence, and each spatial view is classified on its own, 
 probabilities averaged at test time (every view is a training example).
 
 Every (lr, weight decay) pair of the grid is its own probe; all of them train together in one
-jitted step (vmap over a leading probe axis) on the same batches. The best probe is reported,
-chosen on test top-1 (V-JEPA 2's multi-head protocol) or, with `holdout_fraction > 0`, on a
-held-out part of the train videos; every probe's numbers are in the result.
+jitted step (vmap over a leading probe axis) on the same batches. The test split never takes
+part in the choice: the grid trains on the train videos minus a held-out `holdout_fraction` of
+them, the point with the best held-out top-1 is trained again on all of train, and only that
+probe is measured on test (the linear probe's `sweep` protocol). A grid of one point (V-JEPA's
+lr 1e-3, wd 0.01) trains on all of train at once, as V-JEPA's eval does. The result names the
+chosen point (`chosen_lr`, `chosen_weight_decay`) and the held-out top-1 of every grid point.
+
+The pooler has `heads` attention heads (default 16: V-JEPA's eval builds its probe with the
+encoder's head count, 16 for ViT-L/H/g; set 12 for a ViT-B, 6 for a ViT-S).
 
 Tokens are cached on the host as [N, V, n_tokens, D], so the train split must fit in memory.
 """
@@ -55,8 +61,8 @@ class AttentiveProbe:
     batch_size: int = 128
     warmup_epochs: float = 0.0
     segments: int = 1
-    heads: int | None = None  # None: 64-wide heads as in V-JEPA (width // 64, at least 1)
-    holdout_fraction: float = 0.0
+    heads: int = 16  # V-JEPA: the encoder's head count, 16 for ViT-L/H/g
+    holdout_fraction: float = 0.2  # of the train videos, to choose among the grid's points
     eval_batch_size: int = 256
     seed: int = 0
 
@@ -68,6 +74,14 @@ class AttentiveProbe:
                 f"config.probe: segments, epochs and batch_size must be >= 1, got "
                 f"{self.segments}, {self.epochs}, {self.batch_size}"
             )
+        if self.heads < 1:
+            raise ConfigError(f"config.probe.heads must be >= 1, got {self.heads}")
+        if len(self.grid) > 1 and not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError(
+                f"config.probe.holdout_fraction: the {len(self.grid)} (lr, weight decay) points "
+                f"are chosen on held-out train videos; need a value in (0, 1), got "
+                f"{self.holdout_fraction}"
+            )
 
     @property
     def grid(self) -> list[tuple[float, float]]:
@@ -77,33 +91,43 @@ class AttentiveProbe:
         train_x = self.group_segments(scores.view_tokens(train_x), "train")
         test_x = self.group_segments(scores.view_tokens(test_x), "test")
         train_y = np.asarray(train_y, np.int32)
-        heads = self.heads or default_heads(train_x.shape[-1])
-        model = AttentiveClassifier(num_classes, heads)
-        fit_idx = np.arange(len(train_x))
-        held_idx = None
-        if self.holdout_fraction > 0:
-            fit_idx, held_idx = scores.holdout_split(train_y, self.holdout_fraction, self.seed)
-        params = self.train(model, train_x[fit_idx], train_y[fit_idx])
-        test_probs = self.predict(model, params, test_x)  # [P, M, C]
-        probes = []
-        for p, (lr, wd) in enumerate(self.grid):
-            m = scores.classification(test_probs[p], test_y, num_classes)
-            probes.append({"lr": lr, "weight_decay": wd, "top1": m["top1"], "top5": m["top5"]})
-        if held_idx is not None:
-            held_probs = self.predict(model, params, train_x[held_idx])
-            for p, entry in enumerate(probes):
-                entry["holdout_top1"] = scores.top1(held_probs[p], train_y[held_idx])
-        key = "holdout_top1" if held_idx is not None else "top1"
-        best = max(range(len(probes)), key=lambda p: probes[p][key])  # first best on ties
+        model = AttentiveClassifier(num_classes, self.checked_heads(train_x.shape[-1]))
+        (lr, wd), selection = self.choose(model, train_x, train_y)
+        params = self.train(model, train_x, train_y, [(lr, wd)])
+        test_probs = self.predict(model, params, test_x)[0]
         return {
-            **scores.classification(test_probs[best], test_y, num_classes),
-            "best_lr": probes[best]["lr"],
-            "best_weight_decay": probes[best]["weight_decay"],
-            "selected_by": "holdout" if held_idx is not None else "test",
-            "probes": probes,
-            "heads": heads,
-            "num_train": int(len(fit_idx) * train_x.shape[1]),
+            **scores.classification(test_probs, test_y, num_classes),
+            "chosen_lr": lr,
+            "chosen_weight_decay": wd,
+            **selection,
+            "heads": model.heads,
+            "num_train": int(train_x.shape[0] * train_x.shape[1]),
         }
+
+    def choose(
+        self, model: AttentiveClassifier, x: np.ndarray, y: np.ndarray
+    ) -> tuple[tuple[float, float], dict]:
+        """The grid point with the best top-1 on held-out train videos (first best on ties),
+        and the held-out top-1 of every point; train data only, so test labels never count."""
+        if len(self.grid) == 1:
+            return self.grid[0], {"num_holdout": 0}
+        fit, held = scores.holdout_split(y, self.holdout_fraction, self.seed)
+        held_probs = self.predict(model, self.train(model, x[fit], y[fit], self.grid), x[held])
+        held_top1 = [scores.top1(probs, y[held]) for probs in held_probs]
+        best = held_top1.index(max(held_top1))
+        probes = [
+            {"lr": lr, "weight_decay": wd, "holdout_top1": top1}
+            for (lr, wd), top1 in zip(self.grid, held_top1, strict=True)
+        ]
+        return self.grid[best], {"probes": probes, "num_holdout": int(len(held))}
+
+    def checked_heads(self, width: int) -> int:
+        if width % self.heads:
+            raise ConfigError(
+                f"config.probe.heads={self.heads} does not divide the token width {width}; set "
+                "it to a divisor (V-JEPA uses the encoder's head count)"
+            )
+        return self.heads
 
     def group_segments(self, x: np.ndarray, split: str) -> np.ndarray:
         """[N, S * V, n, D] (segment-major views) -> [N, V, S * n, D]."""
@@ -117,8 +141,15 @@ class AttentiveProbe:
         x = x.reshape(n, self.segments, spatial, tokens, dim).transpose(0, 2, 1, 3, 4)
         return x.reshape(n, spatial, self.segments * tokens, dim)
 
-    def train(self, model: AttentiveClassifier, x: np.ndarray, y: np.ndarray):
-        """Trains every probe of the grid at once on [N, V, L, D] tokens; returns stacked params."""
+    def train(
+        self,
+        model: AttentiveClassifier,
+        x: np.ndarray,
+        y: np.ndarray,
+        grid: list[tuple[float, float]],
+    ):
+        """Trains one probe per (lr, wd) of `grid` at once on [N, V, L, D] tokens; returns
+        params stacked on a leading probe axis."""
         n, views = x.shape[:2]
         examples = x.reshape(n * views, *x.shape[2:])
         labels = np.repeat(y, views)
@@ -126,10 +157,10 @@ class AttentiveProbe:
         steps_per_epoch = max(len(examples) // batch, 1)
         total = self.epochs * steps_per_epoch
         warmup = int(round(self.warmup_epochs * steps_per_epoch))
-        lrs = jnp.asarray([lr for lr, _ in self.grid], jnp.float32)
-        wds = jnp.asarray([wd for _, wd in self.grid], jnp.float32)
+        lrs = jnp.asarray([lr for lr, _ in grid], jnp.float32)
+        wds = jnp.asarray([wd for _, wd in grid], jnp.float32)
         # One compiled init called once per probe (a vmapped init compiles about twice as long).
-        keys = jax.random.split(jax.random.key(self.seed), len(self.grid))
+        keys = jax.random.split(jax.random.key(self.seed), len(grid))
         inits = [_init(model, key, examples[:1]) for key in keys]
         params = jax.tree.map(lambda *p: np.stack(p), *inits)
         opt_state = _init_optimizer(params, lrs, wds)
@@ -151,14 +182,6 @@ class AttentiveProbe:
         fn = lambda batch: {"probs": _view_probs(model, params, batch["x"])}
         out = batches.run(fn, batches.padded({"x": x}, size), mesh, local=False)
         return out["probs"].swapaxes(0, 1)
-
-
-def default_heads(width: int) -> int:
-    """width // 64 heads (V-JEPA's probe uses the encoder's 64-wide heads), dividing the width."""
-    heads = max(1, width // 64)
-    while width % heads:
-        heads -= 1
-    return heads
 
 
 def _optimizer(lr, wd, total=1, warmup=0) -> optax.GradientTransformation:
