@@ -41,14 +41,21 @@ def random_resized_crop(
 
     def op(example: dict, rng: np.random.Generator) -> dict:
         video = checked_video(example, "random_resized_crop")
-        views, frames, height, width, _ = video.shape
-        out = np.empty((views, frames, size, size, 3), np.uint8)
-        for v in range(views):
-            left, top, right, bottom = sample_crop_box(rng, height, width, area, aspect)
-            resize_frames(video[v, :, top:bottom, left:right], size, size, out=out[v])
-        return {**example, "video": out}
+        box = lambda height, width: sample_crop_box(rng, height, width, area, aspect)
+        return {**example, "video": _crop_views(video, box, size)}
 
     return op
+
+
+def _crop_views(video: np.ndarray, box, size: int) -> np.ndarray:
+    """Each view cropped to its own `box(height, width)`, the same for all its frames, and
+    resized to size x size."""
+    views, frames, height, width, _ = video.shape
+    out = np.empty((views, frames, size, size, 3), np.uint8)
+    for v in range(views):
+        left, top, right, bottom = box(height, width)
+        resize_frames(video[v, :, top:bottom, left:right], size, size, out=out[v])
+    return out
 
 
 def resize_frames(
@@ -124,14 +131,10 @@ def multi_scale_crop(
 
     def op(example: dict, rng: np.random.Generator) -> dict:
         video = checked_video(example, "multi_scale_crop")
-        views, frames, height, width, _ = video.shape
-        out = np.empty((views, frames, size, size, 3), np.uint8)
-        for v in range(views):
-            left, top, right, bottom = multi_scale_crop_box(
-                rng, height, width, size, scales, max_distort, fix_crop, more_fix_crop
-            )
-            resize_frames(video[v, :, top:bottom, left:right], size, size, out=out[v])
-        return {**example, "video": out}
+        box = lambda height, width: multi_scale_crop_box(
+            rng, height, width, size, scales, max_distort, fix_crop, more_fix_crop
+        )
+        return {**example, "video": _crop_views(video, box, size)}
 
     return op
 
