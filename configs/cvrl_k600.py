@@ -8,8 +8,10 @@ Values follow the released TF Model Garden config (official/projects/video_ssl):
 steps (5 epochs), 200 epochs, L2 weight decay 1e-6 on kernels, temperature 0.1, a 3-layer
 2048-d MLP head with 128-d output, loss_a + loss_b (the sum over the two views, not their
 mean). The paper text mentions LARS: `--config.optim.name=lars`.
-Augmentation: random resized crop area [0.3, 1], aspect [0.5, 2], flip, colour jitter p 0.8,
-grayscale p 0.2, blur p 1.0 / 0.1 and solarize p 0 / 0.2 on view 1 / 2.
+Augmentation: random resized crop area [0.3, 1], aspect [0.5, 2] drawn as
+tf.image.sample_distorted_bounding_box draws it, flip, colour jitter p 0.8 with tf.image's
+contrast, saturation and hue, grayscale p 0.2, blur p 1.0 / 0.1 and solarize p 0 / 0.2 on
+view 1 / 2.
 Data: a `kinetics600` dataset prepared with `python -m vrl.data.prepare` (see docs/DATA.md) in
 $VRL_DATA_DIR (or --config.data.source.data_dir).
 """
@@ -19,9 +21,13 @@ import os
 from configs.common import data_section, defaults, run_config, runlocal_data
 from vrl.config import parse_arg
 
+# The TF release's box sampler (tf.image.sample_distorted_bounding_box) and colour ops
+# (tf.image contrast per channel, saturation and hue in HSV): `sampler="tf"`, `style="tf"`.
 CVRL_SPATIAL = (
-    "random_resized_crop(size={size}, area=(0.3, 1.0), aspect=(0.5, 2.0))|flip(p=0.5)"
-    "|color_jitter(p=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)"
+    'random_resized_crop(size={size}, area=(0.3, 1.0), aspect=(0.5, 2.0), sampler="tf")'
+    "|flip(p=0.5)"
+    "|color_jitter(p=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, "
+    'style="tf")'
     "|grayscale(p=0.2)|gaussian_blur(p=(1.0, 0.1), sigma=(0.1, 2.0))|solarize(p=(0.0, 0.2))"
 )
 

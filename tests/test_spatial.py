@@ -242,19 +242,88 @@ def test_color_jitter_brightness_scales_every_pixel_alike():
             assert np.abs(out[v][unclipped] - video[v][unclipped] * factor).max() <= 0.6
 
 
-def test_color_jitter_saturation_and_hue_keep_grays_and_luma():
+def test_color_jitter_saturation_and_hue_keep_grays():
     video = still_video(height=32, width=32).astype(np.int16)
     video = (video // 4 + 96).astype(np.uint8)  # mid-range colours: no clipping
     video[:, :, :4] = 77  # a gray band
     luma = video.astype(float) @ [0.299, 0.587, 0.114]
-    for op in (
-        color.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0.8, hue=0),
-        color.color_jitter(p=1.0, brightness=0, contrast=0, saturation=0, hue=0.2),
-    ):
-        out = run(op, video, 3)["video"]
-        np.testing.assert_array_equal(out[:, :, :4], 77)
-        assert np.abs(out.astype(float) @ [0.299, 0.587, 0.114] - luma).max() <= 1.5
-        assert not np.array_equal(out, video)
+    for style in ("torchvision", "tf"):
+        for saturation, hue in ((0.8, 0.0), (0.0, 0.2)):
+            op = color.color_jitter(
+                p=1.0, brightness=0, contrast=0, saturation=saturation, hue=hue, style=style
+            )
+            out = run(op, video, 3)["video"]
+            np.testing.assert_array_equal(out[:, :, :4], 77)
+            assert not np.array_equal(out, video)
+            if style == "torchvision" and saturation:  # blending with luma keeps luma
+                assert np.abs(out.astype(float) @ [0.299, 0.587, 0.114] - luma).max() <= 1.5
+
+
+@pytest.mark.parametrize("name", ["contrast", "saturation", "hue"])
+def test_color_jitter_torchvision_style_equals_torchvision(name):
+    torch = pytest.importorskip("torch")
+    tvf = pytest.importorskip("torchvision.transforms.functional")
+    image = still_video(views=1, frames=1, height=24, width=20, seed=4)[0, 0]
+    value = 0.13 if name == "hue" else 1.6
+    adjust = {
+        "contrast": color.adjust_contrast,
+        "saturation": color.adjust_saturation,
+        "hue": color.adjust_hue,
+    }[name]
+    ours = np.clip(adjust(image.astype(np.float32), value), 0, 255)
+    tensor = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)
+    theirs = getattr(tvf, f"adjust_{name}")(tensor, value).permute(1, 2, 0).numpy() * 255
+    np.testing.assert_allclose(ours, theirs, atol=0.05)
+
+
+def test_color_jitter_tf_style_equals_tf_image_formulas():
+    import colorsys
+
+    image = still_video(views=1, frames=3, height=6, width=5, seed=2)[0].astype(np.float32)
+    # tf.image.adjust_contrast: (x - mean) * f + mean, the mean per channel over the clip.
+    mean = image.reshape(-1, 3).mean(axis=0)
+    ours = color.adjust_contrast_per_channel(image.copy(), 1.7)
+    np.testing.assert_allclose(ours, (image - mean) * 1.7 + mean, rtol=1e-5, atol=1e-3)
+    # tf.image.adjust_saturation / adjust_hue: HSV, saturation scaled and clipped, hue shifted.
+    sat = color.adjust_saturation_hsv(image.copy(), 1.5)
+    hue = color.adjust_hue(image.copy(), -0.3)
+    for pixel, s_out, h_out in zip(image.reshape(-1, 3), sat.reshape(-1, 3), hue.reshape(-1, 3)):
+        h, s, v = colorsys.rgb_to_hsv(*(pixel / 255))
+        np.testing.assert_allclose(
+            s_out, np.array(colorsys.hsv_to_rgb(h, min(s * 1.5, 1), v)) * 255, atol=1e-3
+        )
+        np.testing.assert_allclose(
+            h_out, np.array(colorsys.hsv_to_rgb((h - 0.3) % 1, s, v)) * 255, atol=1e-3
+        )
+    with pytest.raises(ValueError, match="color_jitter.style: 'pil'; allowed: torchvision, tf"):
+        color.color_jitter(style="pil")
+
+
+def test_sample_crop_box_tf_draws_as_sample_distorted_bounding_box():
+    rng = np.random.default_rng(0)
+    boxes = np.array(
+        [spatial.sample_crop_box_tf(rng, 120, 160, (0.3, 1.0), (0.5, 2.0)) for _ in range(4000)]
+    )
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 160).all() and (boxes[:, 3] <= 120).all()
+    area = w * h / (120 * 160)
+    assert area.min() >= 0.3 - 1e-9 and area.max() <= 1.0
+    # TF offsets are Uniform(H - h): never the last position, unlike torchvision's.
+    partial = h < 120
+    assert (boxes[partial, 1] < 120 - h[partial]).all()
+
+    # The aspect is uniform on [0.5, 2] (mean 1.25; torchvision's log-uniform has mean
+    # 1.5 / ln 4 = 1.082). Small crops of a square frame: every draw fits at the first try.
+    def mean_aspect(sample):
+        boxes = np.array([sample(rng, 160, 160, (0.3, 0.35), (0.5, 2.0)) for _ in range(4000)])
+        return np.mean((boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1]))
+
+    assert abs(mean_aspect(spatial.sample_crop_box_tf) - 1.25) < 0.03
+    assert abs(mean_aspect(spatial.sample_crop_box) - 1.082) < 0.03
+    # No >= 30% crop with aspect <= 2 fits a 10 x 200 strip: TF takes the whole frame.
+    assert spatial.sample_crop_box_tf(rng, 10, 200, (0.3, 1.0), (0.5, 2.0)) == (0, 0, 200, 10)
+    with pytest.raises(ValueError, match="random_resized_crop.sampler: 'keras'"):
+        spatial.random_resized_crop(sampler="keras")
 
 
 def test_color_jitter_contrast_keeps_view_mean_luma():

@@ -7,7 +7,6 @@ vectorised numpy over the whole view; blurring uses PIL per frame.
 """
 
 import functools
-import math
 from typing import Literal
 
 import numpy as np
@@ -19,11 +18,7 @@ from vrl.data.types import Op
 
 # ITU-R BT.601 luma weights, as PIL, torchvision and tf.image use for grayscale.
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-# RGB -> YIQ; a hue shift is a rotation of the (I, Q) chroma plane that keeps luma fixed.
-_RGB_TO_YIQ = np.array(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64
-)
-_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+JitterStyle = Literal["torchvision", "tf"]
 
 
 # ------------------------------------------------------------------------------- colour
@@ -37,15 +32,21 @@ def color_jitter(
     saturation: float = 0.8,
     hue: float = 0.2,
     random_order: bool = True,
+    style: JitterStyle = "torchvision",
 ) -> Op:
     """SimCLR/CVRL colour jitter with probability p per view.
 
-    Strength semantics as in SimCLR v2 and torchvision: brightness, contrast and saturation
-    factors are uniform in [max(0, 1 - s), 1 + s], the hue shift uniform in [-hue, hue] of a
-    full turn; the four adjustments run in a random order per view and the result is clipped
-    after each. Contrast blends towards the mean luma of the whole view (not of each frame),
-    so every frame gets the same affine colour map. Hue rotates the YIQ chroma plane, a linear
-    stand-in for the HSV hue shift that keeps luma and costs one 3x3 matrix product.
+    Strengths as in SimCLR v2 and torchvision: brightness, contrast and saturation factors are
+    uniform in [max(0, 1 - s), 1 + s], the hue shift uniform in [-hue, hue] of a full turn of
+    the HSV hue; the four adjustments run in a random order per view, the result clipped after
+    each. Every frame of a view gets the same adjustment. `style` picks the library whose
+    contrast and saturation the recipe was trained with:
+      "torchvision"  contrast blends towards the view's mean luma, saturation towards each
+                     pixel's luma (torchvision.transforms.ColorJitter, PyTorch recipes);
+      "tf"           contrast scales around each channel's mean over the view, saturation
+                     scales the HSV saturation, clipped to [0, 1] (tf.image.random_contrast /
+                     random_saturation, as SimCLR's and CVRL's TF code apply them to a clip
+                     reshaped into one image).
     """
     strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
     for name, value in strengths.items():
@@ -53,6 +54,9 @@ def color_jitter(
             raise ValueError(f"color_jitter.{name}: must be >= 0, got {value}")
     if not 0 <= hue <= 0.5:
         raise ValueError(f"color_jitter.hue: must be in [0, 0.5], got {hue}")
+    if style not in _JITTERS:
+        raise ValueError(f"color_jitter.style: {style!r}; allowed: {', '.join(_JITTERS)}")
+    jitters = _JITTERS[style]
 
     def op(example: dict, rng: np.random.Generator) -> dict:
         video = checked_video(example, "color_jitter")
@@ -70,7 +74,7 @@ def color_jitter(
             x = video[v].astype(np.float32)
             for step in orders[v]:
                 name = _JITTER_ORDER[step]
-                x = _JITTERS[name](x, float(factors[name][v]))
+                x = jitters[name](x, float(factors[name][v]))
                 np.clip(x, 0.0, 255.0, out=x)
             out[v] = _to_uint8(x)
         return {**example, "video": out}
@@ -83,36 +87,82 @@ def adjust_brightness(x: np.ndarray, factor: float) -> np.ndarray:
 
 
 def adjust_contrast(x: np.ndarray, factor: float) -> np.ndarray:
+    """Blend towards the mean luma of `x` (torchvision)."""
     mean = float(np.mean(x @ LUMA))
     x *= factor
     x += (1.0 - factor) * mean
     return x
 
 
+def adjust_contrast_per_channel(x: np.ndarray, factor: float) -> np.ndarray:
+    """(x - mean) * factor + mean with each channel's own mean over `x` (tf.image)."""
+    mean = x.reshape(-1, x.shape[-1]).mean(axis=0)
+    x -= mean
+    x *= factor
+    x += mean
+    return x
+
+
 def adjust_saturation(x: np.ndarray, factor: float) -> np.ndarray:
+    """Blend towards each pixel's luma (torchvision)."""
     gray = (x @ LUMA)[..., None]
     x *= factor
     x += (1.0 - factor) * gray
     return x
 
 
+def adjust_saturation_hsv(x: np.ndarray, factor: float) -> np.ndarray:
+    """HSV saturation times `factor`, clipped to [0, 1] (tf.image)."""
+    return _adjust_hsv(x, saturation=factor)
+
+
 def adjust_hue(x: np.ndarray, shift: float) -> np.ndarray:
-    """Rotates chroma by `shift` turns around the luma axis."""
+    """Adds `shift` turns to the HSV hue (torchvision and tf.image alike)."""
     if shift == 0.0:
         return x
-    c, s = math.cos(2 * math.pi * shift), math.sin(2 * math.pi * shift)
-    rotation = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-    matrix = (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).astype(np.float32)
-    return x @ matrix.T
+    return _adjust_hsv(x, hue=shift)
+
+
+def _adjust_hsv(x: np.ndarray, hue: float = 0.0, saturation: float = 1.0) -> np.ndarray:
+    """RGB -> HSV -> shift hue, scale saturation -> RGB, vectorised in float32.
+
+    With V = max, chroma C = V * S = max - min and hue h in [0, 6), each output channel is
+    V - C * clip(min(k, 4 - k), 0, 1) for k = (n + h) mod 6, n = 5, 3, 1 for R, G, B (the
+    closed form of the HSV sextants); scaling S by f, clipped at 1, scales C to min(f*C, V).
+    """
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    value = np.maximum(np.maximum(r, g), b)  # elementwise: faster than reducing an axis of 3
+    chroma = value - np.minimum(np.minimum(r, g), b)
+    inverse = np.divide(1.0, chroma, out=np.zeros_like(chroma), where=chroma > 0)
+    h = np.where(value == r, g - b, np.where(value == g, b - r + 2 * chroma, r - g + 4 * chroma))
+    h *= inverse
+    h += 6.0 * hue
+    np.mod(h, 6.0, out=h)
+    if saturation != 1.0:
+        chroma = np.minimum(chroma * saturation, value)
+    out = np.empty_like(x)
+    for channel, n in enumerate((5.0, 3.0, 1.0)):
+        k = np.mod(h + n, 6.0)
+        weight = np.clip(np.minimum(k, 4.0 - k, out=k), 0.0, 1.0, out=k)
+        np.subtract(value, chroma * weight, out=out[..., channel])
+    return out
 
 
 _JITTERS = {
-    "brightness": adjust_brightness,
-    "contrast": adjust_contrast,
-    "saturation": adjust_saturation,
-    "hue": adjust_hue,
+    "torchvision": {
+        "brightness": adjust_brightness,
+        "contrast": adjust_contrast,
+        "saturation": adjust_saturation,
+        "hue": adjust_hue,
+    },
+    "tf": {
+        "brightness": adjust_brightness,
+        "contrast": adjust_contrast_per_channel,
+        "saturation": adjust_saturation_hsv,
+        "hue": adjust_hue,
+    },
 }
-_JITTER_ORDER = tuple(_JITTERS)
+_JITTER_ORDER = ("brightness", "contrast", "saturation", "hue")
 
 
 @registry.register("transform", "grayscale")

@@ -12,6 +12,7 @@ cost, which matters because every clip pays it for every frame.
 """
 
 import math
+from typing import Literal
 
 import av
 import numpy as np
@@ -31,17 +32,30 @@ def random_resized_crop(
     size: int = 224,
     area: tuple[float, float] = (0.3, 1.0),
     aspect: tuple[float, float] = (0.5, 2.0),
+    sampler: Literal["torchvision", "tf"] = "torchvision",
 ) -> Op:
-    """Inception-style crop (area fraction, log-uniform aspect) resized to size x size."""
+    """Inception-style crop (area fraction, aspect = width / height) resized to size x size.
+
+    `sampler` is the library whose box distribution the recipe was trained with:
+    "torchvision" (RandomResizedCrop: area uniform, aspect log-uniform, 10 tries, else a
+    centred crop) or "tf" (tf.image.sample_distorted_bounding_box: aspect uniform, height
+    uniform between the area bounds, 100 tries, else the whole frame).
+    """
     _check_positive("random_resized_crop.size", size)
     if not 0 < area[0] <= area[1] <= 1:
         raise ValueError(f"random_resized_crop.area: need 0 < min <= max <= 1, got {area}")
     if not 0 < aspect[0] <= aspect[1]:
         raise ValueError(f"random_resized_crop.aspect: need 0 < min <= max, got {aspect}")
+    samplers = {"torchvision": sample_crop_box, "tf": sample_crop_box_tf}
+    if sampler not in samplers:
+        raise ValueError(
+            f"random_resized_crop.sampler: {sampler!r}; allowed: {', '.join(samplers)}"
+        )
+    sample = samplers[sampler]
 
     def op(example: dict, rng: np.random.Generator) -> dict:
         video = checked_video(example, "random_resized_crop")
-        box = lambda height, width: sample_crop_box(rng, height, width, area, aspect)
+        box = lambda height, width: sample(rng, height, width, area, aspect)
         return {**example, "video": _crop_views(video, box, size)}
 
     return op
@@ -109,6 +123,46 @@ def sample_crop_box(
     w, h = min(w, width), min(h, height)
     left, top = (width - w) // 2, (height - h) // 2
     return left, top, left + w, top + h
+
+
+def sample_crop_box_tf(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    area: tuple[float, float],
+    aspect: tuple[float, float],
+    attempts: int = 100,
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) as tf.image.sample_distorted_bounding_box draws it for one
+    whole-frame box (TF's `GenerateRandomCrop`): the aspect uniform, then the height uniform
+    over the integers whose area lies in range, offsets uniform in [0, H - h) and
+    [0, W - w); the whole frame when no attempt succeeds."""
+    min_area, max_area = area[0] * height * width, area[1] * height * width
+    for ratio in rng.uniform(aspect[0], aspect[1], attempts):
+        h = int(np.rint(math.sqrt(min_area / ratio)))
+        max_h = int(np.rint(math.sqrt(max_area / ratio)))
+        if np.rint(max_h * ratio) > width:
+            max_h = int((width + 0.5 - 1e-7) / ratio)
+            if np.rint(max_h * ratio) > width:
+                max_h -= 1
+        max_h = min(max_h, height)
+        h = min(h, max_h)
+        if h < max_h:
+            h += int(rng.integers(max_h - h + 1))
+        w = int(np.rint(h * ratio))
+        # TF's repair of rounding: one row more if the area is short, one less if over.
+        if w * h < min_area:
+            h += 1
+            w = int(np.rint(h * ratio))
+        if w * h > max_area:
+            h -= 1
+            w = int(np.rint(h * ratio))
+        if not (min_area <= w * h <= max_area and 0 < w <= width and 0 < h <= height):
+            continue
+        top = int(rng.integers(height - h)) if h < height else 0
+        left = int(rng.integers(width - w)) if w < width else 0
+        return left, top, left + w, top + h
+    return 0, 0, width, height
 
 
 @registry.register("transform", "multi_scale_crop")
