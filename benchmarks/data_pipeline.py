@@ -43,7 +43,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from benchmarks import common
-from benchmarks import flops as flops_lib
+from vrl import flops as flops_lib
 from vrl.data import decode, pipeline, prepare, spatial
 from vrl.models import vit
 

@@ -6,7 +6,7 @@ Both steps are vrl's jitted VideoMAE train step on the same model, clip and batc
 by side in one run; the only difference is the mask ratio (0.9 vs hiding a single token, the
 least a reconstruction loss needs: every other token enters the encoder). Only kept tokens are
 gathered into the encoder, so its cost should fall with the kept fraction while the decoder (all
-positions) stays. Goal: measured speedup >= 0.6 x the analytic FLOP ratio (benchmarks/flops.py).
+positions) stays. Goal: measured speedup >= 0.6 x the analytic FLOP ratio (vrl/flops.py).
 """
 
 import jax.numpy as jnp

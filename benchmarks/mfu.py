@@ -9,7 +9,7 @@ AdamW, EMA) on a batch that lives on the device, and prints one table: step time
 achieved TFLOP/s and MFU = model FLOPs per second / peak bf16 FLOP/s of the chip
 (`vrl.metrics.PEAK_FLOPS`, dense, from the vendor data sheets).
 
-Model FLOPs are analytic (benchmarks/flops.py gives the formulas); XLA's own count of the
+Model FLOPs are analytic (vrl/flops.py gives the formulas); XLA's own count of the
 compiled step is printed beside them as a check.
 
 Imports only jax, flax, optax, einops, numpy, PIL and absl (through vrl's models, objectives,
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
-from benchmarks import flops as flops_lib
+from vrl import flops as flops_lib
 from vrl import config as config_lib
 from vrl import metrics, registry
 from vrl.objectives import base, jepa

@@ -6,7 +6,7 @@
 Both are vrl's jitted supervised train step on the same clip and batch, timed in alternating
 rounds in one run. With TokenLearner after half of the blocks, each frame's h*w tokens become
 `tokens` learned ones, so the second half of the network runs on t*S tokens; the analytic FLOP
-ratio (benchmarks/flops.py, TokenLearner and TokenFuser included) says what that should save.
+ratio (vrl/flops.py, TokenLearner and TokenFuser included) says what that should save.
 Reported: the measured speedup (median of the per-round ratios) and the fraction of the FLOP
 ratio it realises (goal >= 0.6, as for masked pretraining in benchmarks/masked_speedup.py).
 """

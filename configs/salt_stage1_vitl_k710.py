@@ -8,7 +8,9 @@
 
 The VideoMAE loss (MSE on per-tubelet normalised pixels of hidden tubelets) with V-JEPA's two
 mask types instead of tube masking, at the `vjepa_masks` op's defaults (stage 2 reads the same
-values: blocks, scales, aspect and keep_quantile); model, data, optimiser and schedule as
+values: blocks, scales, aspect, keep_batch, keep_quantile, drop, truncate_targets; by default
+the V-JEPA reference's batch-minimum context and target sizes with tail truncation, so the
+loss scores the first K_pred hidden tubelets); model, data, optimiser and schedule as
 V-JEPA's (configs/vjepa_vitl_k710.py). SALT reports that the student is robust to a small
 teacher, so `:size=B` is a sensible choice here when compute is short.
 """

@@ -5,11 +5,11 @@
 
 The teacher is the encoder of a stage-1 run (configs/salt_stage1_vitl_k710.py), loaded
 strictly from its checkpoint and never updated; its size may differ from the student's
-(`:size=` sets the student). L1 on layer-normed teacher features of hidden tokens under the
-teacher's masks (stage 1's multi-block settings, `keep_quantile` included), no EMA; data,
-optimiser and schedule as stage 1's (V-JEPA's), the predictor V-JEPA's (every `predictor_*` key
-of configs/vjepa_vitl_k710.py). `:runlocal,teacher=DIR` runs on synthetic data with a runlocal
-stage-1 teacher.
+(`:size=` sets the student). L1 on layer-normed teacher features of the scored tokens under the
+teacher's masks (stage 1's multi-block settings: context size, tail truncation and target
+truncation included), no EMA; data, optimiser and schedule as stage 1's (V-JEPA's), the
+predictor V-JEPA's (every `predictor_*` key of configs/vjepa_vitl_k710.py).
+`:runlocal,teacher=DIR` runs on synthetic data with a runlocal stage-1 teacher.
 """
 
 import os
@@ -54,7 +54,10 @@ MASK_KEYS = {
     "num_blocks": "num_blocks",
     "block_scale": "scale",
     "block_aspect": "aspect",
+    "keep_batch": "keep_batch",
     "keep_quantile": "keep_quantile",
+    "context_drop": "drop",
+    "truncate_targets": "truncate_targets",
 }
 
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import flops
+from vrl import flops
 from vrl.models import vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

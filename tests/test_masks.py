@@ -140,7 +140,7 @@ def test_noise_mask_is_spatially_structured():
 
 def test_multiblock_spans_all_frames_and_keeps_exactly_k():
     grid = (8, 14, 14)
-    op = masks.multiblock_mask(grid=grid, num_blocks=8, scale=0.15)
+    op = masks.multiblock_mask(grid=grid, num_blocks=8, scale=0.15, truncate_targets=False)
     keeps, ratios = set(), []
     for seed in range(30):
         example = op({}, np.random.default_rng(seed))
@@ -153,6 +153,63 @@ def test_multiblock_spans_all_frames_and_keeps_exactly_k():
         ratios.append(target.mean())
     assert len(keeps) == 1
     assert 0.3 < np.mean(ratios) < 0.9
+
+
+@pytest.mark.parametrize("drop", ["tail", "random"])
+def test_multiblock_drop_and_target_truncation(drop):
+    """drop="tail" keeps the first K visible tokens in t-major order (the reference's
+    `mask_e[:min_keep_enc]`); targets are the first K_pred block tokens
+    (`mask_p[:min_keep_pred]`)."""
+    grid = (8, 14, 14)
+    op = masks.multiblock_mask(grid=grid, num_blocks=8, scale=0.15, drop=drop)
+    full = masks.multiblock_mask(grid=grid, num_blocks=8, scale=0.15, truncate_targets=False)
+    k, k_pred = masks._batch_minima(grid, 8, 0.15, (0.75, 1.5), 24)
+    tails = []
+    for seed in range(20):
+        example = op({}, np.random.default_rng(seed))
+        union = full({}, np.random.default_rng(seed))["target_mask"]  # the same draws
+        keep, target = example["keep_idx"], example["target_mask"]
+        assert len(keep) == k and target.sum() <= k_pred
+        assert not np.any(target[keep])
+        np.testing.assert_array_equal(target, union & (np.cumsum(union) <= k_pred))
+        visible = np.flatnonzero(~union)
+        tails.append(np.array_equal(keep, visible[:k]))
+    assert all(tails) if drop == "tail" else not any(tails)
+
+
+def test_keep_batch_is_the_expected_batch_minimum():
+    """K and K_pred are the reference's expected batch minima (24 clips, one block size per
+    batch); keep_batch=None falls back to the keep_quantile quantile of one clip's sizes."""
+    grid = (8, 14, 14)
+    assert masks._batch_minima(grid, 8, 0.15, (0.75, 1.5), 24) == (364, 753)
+    assert masks._batch_minima(grid, 2, 0.7, (0.75, 1.5), 24) == (100, 1103)
+    # One clip per batch: the expected sizes; a larger batch has a smaller minimum.
+    mean_context, _ = masks._batch_minima(grid, 8, 0.15, (0.75, 1.5), 1)
+    assert mean_context > masks._batch_minima(grid, 8, 0.15, (0.75, 1.5), 96)[0] > 0
+    rng = np.random.default_rng(0)
+    outside = [
+        (
+            ~masks._MultiBlock(
+                "m",
+                grid,
+                8,
+                0.15,
+                (0.75, 1.5),
+                keep_batch=None,
+                keep_quantile=0.5,
+                keep=None,
+                drop="tail",
+                truncate_targets=False,
+            ).blocks(rng)
+        ).sum()
+        * 8
+        for _ in range(300)
+    ]
+    assert abs(mean_context - np.mean(outside)) < 0.03 * mean_context
+    quantile = masks.multiblock_mask(grid=grid, keep_batch=None, keep_quantile=0.1)
+    assert (
+        len(quantile({}, rng)["keep_idx"]) == masks._quantiles(grid, 8, 0.15, (0.75, 1.5), 0.1)[0]
+    )
 
 
 def test_single_block_is_a_rectangle_of_the_requested_size():
@@ -177,6 +234,10 @@ def test_multiblock_fallback_and_errors():
         masks.multiblock_mask(grid=(2, 6, 6), keep=72)
     with pytest.raises(ValueError, match="scale"):
         masks.multiblock_mask(scale=1.5)
+    with pytest.raises(ValueError, match="drop"):
+        masks.multiblock_mask(drop="head")
+    with pytest.raises(ValueError, match="keep_batch"):
+        masks.multiblock_mask(keep_batch=0)
 
 
 def test_vjepa_masks_two_types():
@@ -185,10 +246,17 @@ def test_vjepa_masks_two_types():
     rng = np.random.default_rng(5)
     examples = [op({}, rng) for _ in range(20)]
     assert set(examples[0]) == {
-        f"{k}/{i}" for k in ("mask", "keep_idx", "target_mask") for i in (0, 1)
+        f"{k}/{i}" for k in ("mask", "keep_idx", "target_mask", "target_idx") for i in (0, 1)
     }
     for i in (0, 1):
         assert len({len(e[f"keep_idx/{i}"]) for e in examples}) == 1
+        # A static number of scored tokens, all hidden, exactly those of target_mask.
+        assert len({len(e[f"target_idx/{i}"]) for e in examples}) == 1
+        for e in examples:
+            assert e[f"mask/{i}"][e[f"target_idx/{i}"]].all()
+            np.testing.assert_array_equal(
+                np.flatnonzero(e[f"target_mask/{i}"]), e[f"target_idx/{i}"]
+            )
     short = np.mean([e["target_mask/0"].mean() for e in examples])
     long = np.mean([e["target_mask/1"].mean() for e in examples])
     assert long > short

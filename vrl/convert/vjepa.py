@@ -409,6 +409,7 @@ def _small_grid_masks(grid: tuple[int, int, int]) -> dict:
         "num_blocks": defaults["num_blocks"].default,
         "scale": defaults["block_scale"].default,
         "aspect": defaults["block_aspect"].default,
+        "keep_batch": defaults["keep_batch"].default,
         "keep_quantile": defaults["keep_quantile"].default,
     }
     try:

@@ -12,7 +12,7 @@ the loss scores. One mask serves every view of an example.
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -199,6 +199,15 @@ def noise_mask(
 
 # ---------------------------------------------------------------------- multi-block masks
 
+Drop = Literal["tail", "random"]
+
+# The V-JEPA reference (facebookresearch/jepa src/masks/multiblock3d.py, config
+# configs/pretrain/vitl16.yaml) draws one block size per collated batch of 24 clips per GPU,
+# then cuts every clip's context and target index lists to the batch minimum, keeping the
+# first indices in t-major order. vrl's K is static: the expected batch minimum (see
+# `_batch_minima`), and the cut keeps the first K the same way (drop="tail").
+REFERENCE_BATCH = 24
+
 
 @mask_op("multiblock_mask")
 def multiblock_mask(
@@ -206,22 +215,44 @@ def multiblock_mask(
     num_blocks: int = 8,
     scale: float = 0.15,
     aspect: tuple[float, float] = (0.75, 1.5),
+    keep_batch: int | None = REFERENCE_BATCH,
     keep_quantile: float = 0.5,
     keep: int | None = None,
+    drop: Drop = "tail",
+    truncate_targets: bool = True,
     suffix: str = "",
 ) -> Op:
-    """V-JEPA 3-D multi-block mask: the union of `num_blocks` blocks spanning all frames.
+    """3-D multi-block mask: the union of `num_blocks` blocks spanning all frames.
 
     Each block covers about `scale` of the h x w plane with aspect (h/w) ~ U(aspect); one
-    size per example, positions uniform. `target_mask` is the union (what the loss scores).
-    The context keeps exactly K tokens: blocks are redrawn until at least K tokens are
-    outside them, then surplus context tokens are dropped at random, so `mask` (= ~keep)
-    may exceed `target_mask`. K is `keep` if given, else the `keep_quantile` quantile of the
-    visible-token count under this config, estimated once with a fixed seed (0.5: about the
-    expected ratio, half the draws accepted; lower values accept more draws and drop more
-    context, as V-JEPA's truncation to the batch minimum does).
+    size per example (the V-JEPA reference draws one per batch), positions uniform. The
+    context keeps exactly K tokens: blocks are redrawn until at least K tokens are outside
+    them, then the surplus is dropped: `drop="tail"` keeps the first K visible tokens in
+    t-major order, as the reference truncates each clip's context to the batch minimum (so
+    late frames lose context first); "random" drops surplus tokens at random. Dropped tokens
+    are hidden (`mask` = ~keep) but not scored.
+
+    K is `keep` if given; else, with `keep_batch` (default 24, the reference's per-GPU batch),
+    the expected minimum of the context size over a batch of `keep_batch` clips that share
+    one block size (the reference's mean context size); with keep_batch=None, the
+    `keep_quantile` quantile of the context size (0.5: about the expected ratio).
+    `target_mask` (what the loss scores) is the union of the blocks; with `truncate_targets`
+    only its first K_pred tokens in t-major order, K_pred the expected batch minimum of the
+    union size (or its `keep_quantile` quantile), as the reference's predictor predicts only
+    the first batch-minimum target indices. Every estimate is made once with a fixed seed.
     """
-    sampler = _MultiBlock("multiblock_mask", grid, num_blocks, scale, aspect, keep_quantile, keep)
+    sampler = _MultiBlock(
+        "multiblock_mask",
+        grid,
+        num_blocks,
+        scale,
+        aspect,
+        keep_batch=keep_batch,
+        keep_quantile=keep_quantile,
+        keep=keep,
+        drop=drop,
+        truncate_targets=truncate_targets,
+    )
 
     def op(example: dict, rng: np.random.Generator) -> dict:
         return sampler.write(example, rng, suffix)
@@ -235,18 +266,34 @@ def vjepa_masks(
     num_blocks: tuple[int, ...] = (8, 2),
     scale: tuple[float, ...] = (0.15, 0.7),
     aspect: tuple[float, float] = (0.75, 1.5),
-    keep_quantile: float = 0.5,
+    keep_batch: int | None = REFERENCE_BATCH,
+    keep_quantile: float = 0.1,
+    drop: Drop = "tail",
+    truncate_targets: bool = True,
 ) -> Op:
     """V-JEPA's two mask types per example: short-range (8 x 0.15) and long-range (2 x 0.7).
 
-    Writes `mask/i`, `keep_idx/i` and `target_mask/i` for mask type i, each as multiblock_mask.
+    Writes `mask/i`, `keep_idx/i` and `target_mask/i` for mask type i, each as multiblock_mask
+    with the same `keep_batch`, `keep_quantile`, `drop` and `truncate_targets` (defaults: the
+    reference's context and target sizes and truncation).
     """
     if len(num_blocks) != len(scale) or not num_blocks:
         raise ValueError(
             f"vjepa_masks: num_blocks {num_blocks} and scale {scale} need the same, nonzero length"
         )
     samplers = [
-        _MultiBlock(f"vjepa_masks[{i}]", grid, blocks, s, aspect, keep_quantile, None)
+        _MultiBlock(
+            f"vjepa_masks[{i}]",
+            grid,
+            blocks,
+            s,
+            aspect,
+            keep_batch=keep_batch,
+            keep_quantile=keep_quantile,
+            keep=None,
+            drop=drop,
+            truncate_targets=truncate_targets,
+        )
         for i, (blocks, s) in enumerate(zip(num_blocks, scale))
     ]
 
@@ -259,11 +306,24 @@ def vjepa_masks(
 
 
 class _MultiBlock:
-    """Draws one multi-block mask type with a fixed number K of context tokens."""
+    """Draws one multi-block mask type with K context tokens and at most K_pred targets."""
 
     _TRIES = 20
 
-    def __init__(self, what, grid, num_blocks, scale, aspect, keep_quantile, keep):
+    def __init__(
+        self,
+        what,
+        grid,
+        num_blocks,
+        scale,
+        aspect,
+        *,
+        keep_batch,
+        keep_quantile,
+        keep,
+        drop,
+        truncate_targets,
+    ):
         self.what = what
         self.n = _num_tokens(what, grid)
         grid = tuple(int(g) for g in grid)
@@ -276,15 +336,25 @@ class _MultiBlock:
             raise ValueError(f"{what}.aspect: need 0 < min <= max, got {aspect}")
         if not 0 <= keep_quantile <= 1:
             raise ValueError(f"{what}.keep_quantile: must be in [0, 1], got {keep_quantile}")
-        self.num_blocks, self.scale, self.aspect = num_blocks, scale, aspect
+        if keep_batch is not None and keep_batch < 1:
+            raise ValueError(f"{what}.keep_batch: must be >= 1 or None, got {keep_batch}")
+        if drop not in ("tail", "random"):
+            raise ValueError(f"{what}.drop: must be 'tail' or 'random', got {drop!r}")
+        self.num_blocks, self.scale, self.aspect = num_blocks, scale, tuple(aspect)
+        self.drop = drop
+        if keep_batch is not None:
+            context, targets = _batch_minima(grid, num_blocks, scale, self.aspect, keep_batch)
+        else:
+            context, targets = _quantiles(grid, num_blocks, scale, self.aspect, keep_quantile)
         if keep is None:
-            keep = _expected_keep(grid, num_blocks, scale, tuple(aspect), keep_quantile)
+            keep = context
         if not 0 < keep < self.n:
             raise ValueError(
                 f"{what}: keeps {keep} of {self.n} tokens; need 0 < K < N (fewer or smaller "
                 f"blocks, or set keep)"
             )
         self.keep = int(keep)
+        self.keep_targets = max(1, int(targets)) if truncate_targets else None
 
     def blocks(self, rng: np.random.Generator) -> np.ndarray:
         """bool [h, w]: union of the blocks on the spatial plane (they span every frame)."""
@@ -292,11 +362,13 @@ class _MultiBlock:
 
     def write(self, example: dict, rng: np.random.Generator, suffix: str) -> dict:
         best = None
+        wanted_targets = self.keep_targets or 0
         for _ in range(self._TRIES):
             union = self.blocks(rng)
             if best is None or union.sum() < best.sum():
                 best = union
-            if self.t * (union.size - union.sum()) >= self.keep:
+            hidden = self.t * union.sum()
+            if self.n - hidden >= self.keep and hidden >= wanted_targets:
                 break
         target = np.tile(best.reshape(-1), self.t)
         visible = np.flatnonzero(~target)
@@ -305,20 +377,35 @@ class _MultiBlock:
             revealed = rng.choice(np.flatnonzero(target), self.keep - len(visible), replace=False)
             target[revealed] = False
             visible = np.flatnonzero(~target)
-        kept = np.sort(rng.choice(visible, self.keep, replace=False))
+        if self.drop == "tail":
+            kept = visible[: self.keep]  # the reference's `mask_e[:min_keep_enc]`
+        else:
+            kept = np.sort(rng.choice(visible, self.keep, replace=False))
         mask = np.ones(self.n, bool)
         mask[kept] = False
         example = _write(example, mask, suffix)
+        if self.keep_targets is not None:
+            # `mask_p[:min_keep_pred]`: the first K_pred block tokens, a static count. Blocks
+            # smaller than K_pred in every draw (rare) are topped up with dropped context.
+            order = np.concatenate([np.flatnonzero(target), np.flatnonzero(mask & ~target)])
+            target_idx = np.sort(order[: self.keep_targets]).astype(np.int32)
+            target = np.zeros(self.n, bool)
+            target[target_idx] = True
+            example[f"target_idx{suffix}"] = target_idx
         example[f"target_mask{suffix}"] = target
         return example
 
 
 def _block_union(rng, h, w, num_blocks, scale, aspect, draws: int = 1) -> np.ndarray:
-    """bool [draws, h, w]: per draw, one block size (as V-JEPA) and `num_blocks` positions."""
-    area = max(1, int(h * w * scale))
+    """bool [draws, h, w]: per draw one block size, aspect h/w ~ U(aspect), and `num_blocks`
+    uniform positions (the size as the reference's `_sample_block_size`)."""
     ratio = rng.uniform(aspect[0], aspect[1], (draws, 1))
-    block_h = np.clip(np.round(np.sqrt(area * ratio)), 1, h).astype(np.int64)
-    block_w = np.clip(np.round(np.sqrt(area / ratio)), 1, w).astype(np.int64)
+    block_h, block_w = _block_size(h, w, max(1, int(h * w * scale)), ratio)
+    return _place_blocks(rng, h, w, num_blocks, block_h, block_w, draws)
+
+
+def _place_blocks(rng, h, w, num_blocks, block_h, block_w, draws) -> np.ndarray:
+    """bool [draws, h, w]: union of `num_blocks` uniformly placed blocks of the given sizes."""
     tops = np.floor(rng.random((draws, num_blocks)) * (h - block_h + 1)).astype(np.int64)
     lefts = np.floor(rng.random((draws, num_blocks)) * (w - block_w + 1)).astype(np.int64)
     rows, cols = np.arange(h), np.arange(w)
@@ -327,14 +414,80 @@ def _block_union(rng, h, w, num_blocks, scale, aspect, draws: int = 1) -> np.nda
     return np.any(in_rows[..., :, None] & in_cols[..., None, :], axis=1)
 
 
+def _block_size(h, w, area, ratio):
+    """Block height and width: round(sqrt(area * ratio)), round(sqrt(area / ratio)), clipped."""
+    block_h = np.clip(np.round(np.sqrt(area * ratio)), 1, h).astype(np.int64)
+    block_w = np.clip(np.round(np.sqrt(area / ratio)), 1, w).astype(np.int64)
+    return block_h, block_w
+
+
+_ESTIMATE_DRAWS = 4096  # quantiles
+_MINIMA_DRAWS = 16384  # batch minima: the tail matters
+
+
 @functools.lru_cache(maxsize=64)
-def _expected_keep(grid: Grid, num_blocks: int, scale: float, aspect, quantile: float) -> int:
-    """The `quantile` of the context size over 4096 draws with a fixed seed (deterministic)."""
+def _quantiles(grid: Grid, num_blocks: int, scale: float, aspect, quantile: float):
+    """(context, target) sizes: the `quantile` of each over 4096 draws (fixed seed)."""
     t, h, w = grid
     rng = np.random.default_rng(0)
-    union = _block_union(rng, h, w, num_blocks, scale, aspect, draws=4096)
-    outside = h * w - union.sum(axis=(1, 2))
-    return int(t * np.quantile(outside, quantile, method="lower"))
+    union = _block_union(rng, h, w, num_blocks, scale, aspect, draws=_ESTIMATE_DRAWS)
+    inside = union.sum(axis=(1, 2))
+    context = int(t * np.quantile(h * w - inside, quantile, method="lower"))
+    return context, int(t * np.quantile(inside, quantile, method="lower"))
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_minima(grid: Grid, num_blocks: int, scale: float, aspect, batch: int):
+    """(context, target) sizes: the reference's expected batch minima, rounded.
+
+    The reference draws one block size per batch (aspect ~ U(aspect)), `num_blocks`
+    positions per clip, redraws clips with no context left, and keeps the batch minimum of
+    each size. Per block size (weighted by the share of the aspect range that gives it), the
+    distribution X of one clip's size is exact where the placements are few enough to list
+    (e.g. 2 blocks x 0.7 on 14 x 14), else that of 16384 draws (fixed seed), and
+    E[min of `batch` clips] = sum over k >= 1 of P(X >= k) ** batch.
+    """
+    t, h, w = grid
+    area = max(1, int(h * w * scale))
+    ratios = aspect[0] + (np.arange(4096) + 0.5) / 4096 * (aspect[1] - aspect[0])
+    sizes = np.stack(_block_size(h, w, area, ratios), axis=1)
+    pairs, counts = np.unique(sizes, axis=0, return_counts=True)
+    rng = np.random.default_rng(0)
+    context = target = 0.0
+    for (block_h, block_w), count in zip(pairs, counts):
+        union = _all_placements(h, w, num_blocks, block_h, block_w)
+        if union is None:
+            union = _place_blocks(rng, h, w, num_blocks, block_h, block_w, _MINIMA_DRAWS)
+        outside = h * w - union.sum(axis=(1, 2))
+        outside = outside[outside > 0]  # the reference redraws clips with no context
+        weight = count / len(ratios)
+        context += weight * t * _expected_min(outside, batch, h * w)
+        target += weight * t * _expected_min(h * w - outside, batch, h * w)
+    return int(round(context)), int(round(target))
+
+
+def _all_placements(h, w, num_blocks, block_h, block_w, limit: int = 1 << 16):
+    """bool [P ** num_blocks, h, w]: the union for every placement of the blocks (each equally
+    likely), or None where there are more than `limit` placements."""
+    rows, cols = np.arange(h - block_h + 1), np.arange(w - block_w + 1)
+    positions = len(rows) * len(cols)
+    if positions**num_blocks > limit:
+        return None
+    single = (
+        (np.arange(h)[None, :, None] - rows.repeat(len(cols))[:, None, None]) % h < block_h
+    ) & ((np.arange(w)[None, None, :] - np.tile(cols, len(rows))[:, None, None]) % w < block_w)
+    union = np.zeros((1, h, w), bool)
+    for _ in range(num_blocks):
+        union = (union[:, None] | single[None]).reshape(-1, h, w)
+    return union
+
+
+def _expected_min(values: np.ndarray, batch: int, top: int) -> float:
+    """E[min of `batch` iid draws] from the empirical distribution of ints in [0, top]."""
+    if len(values) == 0:
+        return 0.0
+    survival = np.cumsum(np.bincount(values, minlength=top + 1)[::-1])[::-1] / len(values)
+    return float(np.sum(survival[1:] ** batch))
 
 
 # ------------------------------------------------------------------------------- internals

@@ -45,8 +45,17 @@ class _LatentPrediction(base.Objective):
     num_blocks: tuple[int, ...] = (8, 2)
     block_scale: tuple[float, ...] = (0.15, 0.7)
     block_aspect: tuple[float, float] = (0.75, 1.5)
-    # Quantile of the visible-token count that fixes K (see vrl.data.masks.multiblock_mask).
+    # Context size K and scored targets per mask type (see vrl.data.masks.multiblock_mask).
+    # The reference (jepa src/masks/multiblock3d.py) cuts each clip's context and target
+    # index lists to the minimum over its per-GPU batch (24 in configs/pretrain/vitl16.yaml),
+    # keeping the first indices in t-major order. vrl's K is static: the expected batch
+    # minimum for `keep_batch` clips (None: the `keep_quantile` quantile of the context size);
+    # context_drop="tail" keeps the first K visible tokens ("random": K at random), and
+    # `truncate_targets` scores the first K_pred target tokens (the expected batch minimum).
+    keep_batch: int | None = 24
     keep_quantile: float = 0.1
+    context_drop: Literal["tail", "random"] = "tail"
+    truncate_targets: bool = True
     normalize_targets: bool = True
     # The reference predictor (jepa / vjepa2) attends over context + target tokens only:
     # "targets_only". vrl's original one fills every hidden position: "all_hidden".
@@ -76,17 +85,22 @@ class _LatentPrediction(base.Objective):
             dtype=self.encoder.dtype,
         )
 
-    def target_indices(self, keep_idx: jax.Array, target_mask: jax.Array, num_tokens: int):
-        """[B, N - K] indices of the tokens the context hides, scored targets first, or None
-        for the "all_hidden" predictor. N - K is static; hidden tokens that are no target
-        (vrl's fixed-K context drops a few) are predicted too but carry no loss."""
+    def target_indices(self, masks: masking.MaskSet, num_tokens: int) -> jax.Array | None:
+        """The tokens the "targets_only" predictor predicts, or None for "all_hidden".
+
+        The mask op's `target_idx` where it writes one (a static count of scored tokens, as
+        the reference's predictor sees); else the N - K tokens the context hides, scored
+        ones first: those that are no target are predicted but carry no loss."""
         if self.predictor_targets == "all_hidden":
             return None
+        if masks.target_idx is not None:
+            return masks.target_idx
+        keep_idx = masks.keep_idx
         batch, kept = keep_idx.shape
         hidden = (
             jnp.ones((batch, num_tokens), bool).at[jnp.arange(batch)[:, None], keep_idx].set(False)
         )
-        order = jnp.where(target_mask > 0, 0, 1) + jnp.where(hidden, 0, 2)
+        order = jnp.where(masks.target_mask > 0, 0, 1) + jnp.where(hidden, 0, 2)
         return jnp.argsort(order, axis=1, stable=True)[:, : num_tokens - kept].astype(jnp.int32)
 
     def batch_ops(self, clip):
@@ -98,19 +112,21 @@ class _LatentPrediction(base.Objective):
             num_blocks=self.num_blocks,
             scale=self.block_scale,
             aspect=self.block_aspect,
+            keep_batch=self.keep_batch,
             keep_quantile=self.keep_quantile,
+            drop=self.context_drop,
+            truncate_targets=self.truncate_targets,
         )
 
     def init_online(self, rng, batch, target_dim: int):
         enc_rng, pred_rng = jax.random.split(rng)
         x = layers.to_model_input(batch["video"], self.encoder)
-        keep_idx, _ = masking.mask_sets(batch)[0]
+        masks = masking.mask_sets(batch)[0]
+        keep_idx = masks.keep_idx
         enc_vars = self.encoder.init(enc_rng, x, train=False, keep_idx=keep_idx)
         context = jnp.zeros((*keep_idx.shape, self.encoder.output_dim), self.encoder.dtype)
         grid = self.encoder.token_grid(*x.shape[1:4])
-        target_idx = self.target_indices(
-            keep_idx, masking.mask_sets(batch)[0][1], int(np.prod(grid))
-        )
+        target_idx = self.target_indices(masks, int(np.prod(grid)))
         pred_vars = self.predictor(target_dim).init(
             pred_rng, context, keep_idx, grid, mask_type=0, train=False, target_idx=target_idx
         )
@@ -129,12 +145,13 @@ class _LatentPrediction(base.Objective):
         grid = self.encoder.token_grid(*x.shape[1:4])
         predictor = self.predictor(targets.shape[-1])
         losses = []
-        for i, (keep_idx, target_mask) in enumerate(masking.mask_sets(batch)):
+        for i, masks in enumerate(masking.mask_sets(batch)):
+            keep_idx, target_mask = masks.keep_idx, masks.target_mask
             rngs = {"dropout": jax.random.fold_in(rng, i)}
             context = self.encoder.apply(
                 {"params": params["encoder"]}, x, train=train, keep_idx=keep_idx, rngs=rngs
             )
-            target_idx = self.target_indices(keep_idx, target_mask, targets.shape[1])
+            target_idx = self.target_indices(masks, targets.shape[1])
             pred = predictor.apply(
                 {"params": params["predictor"]},
                 context,

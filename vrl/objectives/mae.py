@@ -90,7 +90,7 @@ class VideoMAE(base.Objective):
     def init(self, rng, batch):
         enc_rng, dec_rng = jax.random.split(rng)
         x = layers.to_model_input(batch["video"], self.encoder)
-        keep_idx, _ = masking.mask_sets(batch)[0]
+        keep_idx = masking.mask_sets(batch)[0].keep_idx
         enc_vars = self.encoder.init(enc_rng, x, train=False, keep_idx=keep_idx)
         visible = jnp.zeros((*keep_idx.shape, self.encoder.output_dim), self.encoder.dtype)
         dec_vars = self.decoder.init(dec_rng, visible, keep_idx, self._grid(x), train=False)
@@ -104,7 +104,7 @@ class VideoMAE(base.Objective):
         )
         grid = self._grid(x)
         losses = []
-        for i, (keep_idx, target_mask) in enumerate(masking.mask_sets(batch)):
+        for i, (keep_idx, target_mask, _) in enumerate(masking.mask_sets(batch)):
             rngs = {"dropout": jax.random.fold_in(rng, i)}
             tokens = self.encoder.apply(
                 {"params": params["encoder"]}, x, train=train, keep_idx=keep_idx, rngs=rngs

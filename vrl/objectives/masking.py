@@ -5,7 +5,7 @@ encoder sees) and `target_mask` [B, N] (tokens the loss scores). Tube/random/mot
 masks give one set (target = hidden); V-JEPA's multi-block masks give one set per mask type.
 """
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,14 +52,21 @@ def token_grid(encoder, clip: ClipSpec, objective: str) -> tuple[int, int, int]:
     return tuple(encoder.token_grid(clip.frames, clip.height, clip.width))
 
 
-def mask_sets(batch: dict) -> list[tuple[jax.Array, jax.Array]]:
-    """[(keep_idx [B, K], target_mask float [B, N])] in mask-type order."""
+class MaskSet(NamedTuple):
+    keep_idx: jax.Array  # [B, K] visible tokens
+    target_mask: jax.Array  # float [B, N], 1 = scored
+    target_idx: jax.Array | None  # [B, P] the scored tokens, where their count is static
+
+
+def mask_sets(batch: dict) -> list[MaskSet]:
+    """One MaskSet per mask type, in mask-type order."""
     if "keep_idx" in batch:
         target = batch.get("target_mask", batch["mask"])
-        return [(batch["keep_idx"], target.astype(jnp.float32))]
+        return [MaskSet(batch["keep_idx"], target.astype(jnp.float32), batch.get("target_idx"))]
     sets, i = [], 0
     while f"keep_idx/{i}" in batch:
-        sets.append((batch[f"keep_idx/{i}"], batch[f"target_mask/{i}"].astype(jnp.float32)))
+        target = batch[f"target_mask/{i}"].astype(jnp.float32)
+        sets.append(MaskSet(batch[f"keep_idx/{i}"], target, batch.get(f"target_idx/{i}")))
         i += 1
     if not sets:
         raise KeyError(f"batch has no masks (keys: {', '.join(sorted(batch))})")

@@ -130,8 +130,11 @@ def model_flops(objective, batch: dict, clip) -> float:
         i = 0
         while f"keep_idx/{i}" in batch:
             k = batch[f"keep_idx/{i}"].shape[1]
+            tokens = n  # context and mask tokens; fewer when only the targets are predicted
+            if objective.predictor_targets == "targets_only" and f"target_idx/{i}" in batch:
+                tokens = k + batch[f"target_idx/{i}"].shape[1]
             predictor = head_transformer_flops(
-                n, k, width, objective.predictor_width, objective.predictor_depth, target_width
+                tokens, k, width, objective.predictor_width, objective.predictor_depth, target_width
             )
             total += 3 * (vit_flops(encoder, n, k) + predictor)
             i += 1
