@@ -125,3 +125,27 @@ def job_config(probe: dict, source: str = ""):
     # other data so the first one's results are kept.
     c.name = placeholder(str)
     return c
+
+
+def mixture_source(*parts: dict, weights: tuple[float, ...] | None = None) -> dict:
+    """A `mixture` source config (vrl/data/mixture.py) of `parts`, each with every key of its
+    source listed (as `defaults` does), for `data_section`. `weights` None: proportional to
+    the parts' sizes (every video equally likely), as V-JEPA's VideoMix2M."""
+    full = []
+    for part in parts:
+        part = dict(part)
+        full.append(defaults("source", part.pop("name"), **part).to_dict())
+    out = {"name": "mixture", "sources": tuple(full)}
+    if weights is not None:  # unset, `section` keeps it a typed placeholder (overridable)
+        out["weights"] = tuple(weights)
+    return out
+
+
+def runlocal_mixture_data(train_pp: str, test_pp: str):
+    """`config.data` for a :runlocal variant of a mixture recipe: two synthetic sources (24 and
+    8 videos, other seeds and render sizes) mixed in proportion to size, batches of 8."""
+    source = mixture_source(
+        {"name": "synthetic", "num_videos": 24},
+        {"name": "synthetic", "num_videos": 8, "seed": 1, "size": 80},
+    )
+    return data_section(source, batch_size=8, train_pp=train_pp, test_pp=test_pp)

@@ -2,6 +2,7 @@
 
     python -m vrl.main --config=configs/vjepa_vitl_k710.py --workdir=WORKDIR
     python -m vrl.main --config=configs/vjepa_vitl_k710.py:runlocal --workdir=/tmp/vjepa
+    python -m vrl.main --config=configs/vjepa_vitl_k710.py:data=videomix2m --workdir=WORKDIR
 
 Follows the released code (facebookresearch/jepa `configs/pretrain/vitl16.yaml`, run by
 `app/vjepa/train.py`) where it and the paper differ. 16 frames at frame step 4, 224x224, 2x16x16
@@ -16,29 +17,50 @@ mask types. AdamW (0.9, 0.999), lr 2e-4 -> 6.25e-4 over 40 warmup epochs (12k st
 to 1e-6, weight decay 0.04 -> 0.4, gradient clipping 10 (see `clip_norm` below), batch 3072, 90k
 iterations with every schedule stretched by 1.25 and stopped at 80% (schedule_scale=1.25).
 Kinetics-710 is K400 + K600 + K700 without validation videos: prepare it as one dataset
-`kinetics710` (docs/DATA.md); the release trains on VideoMix2M (K710 + SSv2 + HowTo100M).
-Sizes: `:size=B|L|H`.
+`kinetics710` (docs/DATA.md). Sizes: `:size=B|L|H`.
+
+Data, `:data=k710|videomix2m` (default k710). The release trains on VideoMix2M (about 2M
+videos, the paper): `configs/pretrain/vitl16.yaml` lists three CSVs (Kinetics-710, SSv2,
+HowTo100M) and sets no `datasets_weights`, so `VideoDataset` concatenates them and a
+`DistributedSampler` shuffles all videos together, each once per epoch: every dataset in
+proportion to its size. `:data=videomix2m` does the same with a `mixture` source
+(vrl/data/mixture.py, `weights=None`) of the prepared TFDS datasets `kinetics710`, `ssv2` and
+`howto100m` in $VRL_DATA_DIR (docs/DATA.md). Their labels are not comparable across datasets
+and pretraining ignores them; batches carry `label/source` (0 K710, 1 SSv2, 2 HowTo100M).
+Every part reads the same split, and HowTo100M has no `validation`: probe these checkpoints
+on their own data (configs/probe/*.py). `:runlocal,data=videomix2m` mixes two small synthetic
+sources instead.
 """
 
 import os
 
 from ml_collections.config_dict import placeholder
 
-from configs.common import TINY_VIT, data_section, defaults, run_config, runlocal_data
+from configs.common import (
+    TINY_VIT,
+    data_section,
+    defaults,
+    mixture_source,
+    run_config,
+    runlocal_data,
+    runlocal_mixture_data,
+)
 from vrl.config import check_arg, parse_arg
 from vrl.models.vit import SIZES
 
+# `:data=` -> the prepared TFDS datasets read (several: a `mixture`, in proportion to size).
+DATA = {"k710": ("kinetics710",), "videomix2m": ("kinetics710", "ssv2", "howto100m")}
+
 
 def get_config(arg=None):
-    args = parse_arg(arg, runlocal=False, size="L")
+    args = parse_arg(arg, runlocal=False, size="L", data="k710")
     check_arg("size", args.size, list(SIZES))
+    check_arg("data", args.data, DATA)
     c = run_config(total_steps=90_000, log_every_steps=100, compute_dtype="bfloat16")
+    data_dir = os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets")
+    parts = [{"name": "tfds", "dataset": name, "data_dir": data_dir} for name in DATA[args.data]]
     c.data = data_section(
-        {
-            "name": "tfds",
-            "dataset": "kinetics710",
-            "data_dir": os.environ.get("VRL_DATA_DIR", "~/tensorflow_datasets"),
-        },
+        parts[0] if len(parts) == 1 else mixture_source(*parts),
         test_split="validation",
         batch_size=3072,
         train_pp="uniform_clip(frames=16, stride=4)"
@@ -82,7 +104,8 @@ def get_config(arg=None):
         c.log_every_steps = 1
         c.compute_dtype = "float32"
         # 64x64 clips give an 8x8 token plane: big enough for two long-range blocks.
-        c.data = runlocal_data(
+        local_data = runlocal_data if args.data == "k710" else runlocal_mixture_data
+        c.data = local_data(
             "uniform_clip(frames=8, stride=2)|random_resized_crop(size=64, area=(0.3, 1.0))"
             "|flip(p=0.5)",
             "center_clip(frames=8, stride=2)|resize_short(size=64)|center_crop(size=64)",

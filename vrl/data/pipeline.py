@@ -29,7 +29,7 @@ from absl import logging
 
 from vrl import config as config_lib
 from vrl import registry
-from vrl.data import sources, workers
+from vrl.data import mixture, sources, workers
 from vrl.data.decode import DecodeError
 from vrl.data.types import ClipSpec, Op
 
@@ -311,7 +311,25 @@ def _examples(
     cfg: DataConfig, source: sources.Source, ops: Sequence[tuple[str, Op]], seed: int
 ) -> grain.MapDataset:
     maker = ExampleMaker(source, ops, cfg.repeated_samples)
-    return _ShuffledEpochs(grain.MapDataset.range(len(source)).seed(seed), seed).random_map(maker)
+    return record_order(source, seed).random_map(maker)
+
+
+def record_order(source: sources.Source, seed: int) -> grain.MapDataset:
+    """The record index of every video a training run draws, in order (infinite).
+
+    One shuffle of the whole source per epoch (`_ShuffledEpochs`); an unweighted mixture is
+    shuffled so too, as one source. A weighted mixture is `grain.MapDataset.mix` of its parts,
+    each reshuffled every pass over it (its own seed), part k giving a weights[k] / sum(weights)
+    share of every stretch of examples. Element i depends only on (seed, i) either way, which
+    is what process slicing and resuming rely on.
+    """
+    if not isinstance(source, mixture.Mixture) or source.weights is None:
+        return _ShuffledEpochs(grain.MapDataset.range(len(source)).seed(seed), seed)
+    parts = []
+    for k, (start, stop) in enumerate(source.parts):
+        part_seed = int(np.random.SeedSequence((seed, k)).generate_state(1)[0])
+        parts.append(_ShuffledEpochs(grain.MapDataset.range(start, stop), part_seed))
+    return grain.MapDataset.mix(parts, source.weights).seed(seed)
 
 
 def _batches(
