@@ -1,14 +1,18 @@
 """Fine-tuning probe: the training config it writes, and a run through `python -m vrl.probe`."""
 
+import dataclasses
 import json
 import os
 
 import numpy as np
+import pytest
 from test_probe_checkpoint import TEST_PP, fresh_copy, tiny_run_config
 from test_probe_cli import probe_cli
 
 from vrl import api, evaluators, setup
 from vrl import config as config_lib
+from vrl import optim as optim_lib
+from vrl.data import pipeline
 from vrl.probe import main as probe_main
 
 
@@ -91,3 +95,62 @@ def test_cli_fine_tunes_from_the_checkpoint_with_multi_view_testing(tmp_path):
     fine_tuned = api.load_encoder(run_dir)
     assert fine_tuned.step == 4
     np.testing.assert_allclose(fine_tuned.embed(clips), pretrained, atol=1e-5)
+
+
+def test_videomae_recipe_is_the_released_k400_vit_b_fine_tuning():
+    """configs/probe/finetune.py:videomae = VideoMAE finetune.sh (K400 ViT-B, e1600): 384 videos
+    x 2 clips per step, lr 5e-4 x 384 / 256, 75 epochs (5 warmup) over the videos, RandAugment
+    before the crop, random erasing after the flip, fc_norm on the mean-pooled tokens."""
+    from configs.probe import finetune as finetune_config
+
+    c = finetune_config.get_config("videomae")
+    probe = finetune_probe(**{k: v for k, v in c.probe.to_dict().items() if k != "name"})
+    train_pp = probe.train_pipeline(TEST_PP)
+    names = [name for name, _ in pipeline.parse_pp(train_pp)]
+    assert names == [
+        "uniform_clip",
+        "rand_augment",
+        "random_resized_crop",
+        "flip",
+        "random_erasing",
+    ]
+    ops = dict(pipeline.parse_pp(train_pp))
+    assert ops["rand_augment"] == {"num_ops": 4, "magnitude": 7.0, "magnitude_std": 0.5}
+    assert ops["random_resized_crop"]["area"] == (0.08, 1.0)
+    assert ops["random_resized_crop"]["aspect"] == (0.75, 1.3333)
+    assert ops["random_erasing"] == {"p": 0.25}
+    run = tiny_run_config()
+    config = probe.training_config(
+        "/runs/pre", 7, "encoder", run, run["data"], "motion", 8, train_pp
+    )
+    assert config["data"]["batch_size"] == 768 and config["data"]["repeated_samples"] == 2
+    assert config["total_epochs"] == 150.0  # vrl epochs count clips: 75 passes over the videos
+    optim = config["optim"]
+    assert optim["warmup_epochs"] == 10.0 and optim["lr_base_batch"] == 512
+    assert optim["lr"] == 5e-4 and optim["layer_decay"] == 0.75 and optim["b2"] == 0.999
+    assert optim["end_lr"] == optim["warmup_init_lr"] == pytest.approx(1e-6 * 384 / 256)
+    assert config["model"]["drop_path"] == 0.1
+    assert config["objective"]["head_norm"] is True
+    assert (config["objective"]["mixup"], config["objective"]["cutmix"]) == (0.8, 1.0)
+
+    # On the tiny data: 16 videos / 4 per step = 4 steps per pass, 2 passes; peak lr scaled by
+    # the 4 videos, not the 8 clips.
+    small = dataclasses.replace(probe, epochs=2.0, warmup_epochs=0.5, batch_size=4)
+    config = small.training_config(
+        "/runs/pre", 7, "encoder", run, run["data"], "motion", 8, train_pp
+    )
+    s = setup.setup(config)
+    assert s.length.total_steps == 8 and s.length.batch_size == 8
+    schedule = optim_lib.learning_rate(s.optim, s.length)
+    assert float(schedule(2)) == pytest.approx(5e-4 * 4 / 256, rel=1e-5)  # after 2 warmup steps
+
+
+@pytest.mark.slow
+def test_videomae_runlocal_fine_tunes_with_the_augmented_pipeline(tmp_path):
+    workdir = fresh_copy(tmp_path)
+    result = probe_cli("configs/probe/finetune.py:videomae,runlocal", workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(workdir, "probe", "finetune_motion_pretrained.json")) as f:
+        metrics = json.load(f)["metrics"]
+    assert metrics["step"] == 8  # 2 epochs x 16 videos / 4 videos (8 clips) per step
+    assert "rand_augment(" in metrics["train_pp"] and "random_erasing(" in metrics["train_pp"]

@@ -39,7 +39,8 @@ class FinetuneProbe:
     batch_size: int = 64
     lr: float = 1e-3
     lr_base_batch: int | None = 256  # peak lr = lr * batch_size / lr_base_batch
-    end_lr: float = 1e-6
+    end_lr: float = 1e-6  # scaled by batch_size / lr_base_batch, as the peak lr
+    warmup_init_lr: float = 0.0  # VideoMAE: 1e-6, scaled as end_lr
     weight_decay: float = 0.05
     b2: float = 0.999
     layer_decay: float = 0.75
@@ -48,8 +49,22 @@ class FinetuneProbe:
     mixup: float = 0.8
     cutmix: float = 1.0
     head_dropout: float = 0.0
+    # LayerNorm on the mean-pooled tokens before the classifier (VideoMAE's fc_norm).
+    head_norm: bool = False
     crop_area: tuple[float, float] = (0.3, 1.0)
+    crop_aspect: tuple[float, float] | None = None  # None: random_resized_crop's (0.5, 2)
     flip: bool = False  # Kinetics recipes flip; datasets with left/right classes must not
+    # RandAugment before the crop (VideoMAE `--aa rand-m7-n4-mstd0.5-inc1`): ops per clip
+    # (0: off), their magnitude and its std; timm's increasing op set, bicubic, grey fill.
+    rand_augment_ops: int = 0
+    rand_augment_magnitude: float = 7.0
+    rand_augment_std: float = 0.5
+    # Random erasing after the crop and flip (VideoMAE `--reprob`, mode pixel, one box per clip).
+    random_erasing: float = 0.0
+    # Clips per loaded video (VideoMAE `--num_sample`). `batch_size`, `epochs`, `warmup_epochs`
+    # and the lr scaling count videos, as VideoMAE does: a step holds batch_size x
+    # repeated_samples clips and an epoch passes over every video once.
+    repeated_samples: int = 1
     eval_every_steps: int = 0  # 0: only at the end
     ckpt_every_steps: int = 1000
     seed: int = 0
@@ -72,7 +87,7 @@ class FinetuneProbe:
         """Fine-tunes into `workdir`; returns the final test metrics, with the test features."""
         data_cfg = config_lib.instantiate(pipeline.DataConfig, data, "config.data")
         if train_pp is None:
-            train_pp = views.finetune_train(data_cfg.test_pp, area=self.crop_area, flip=self.flip)
+            train_pp = self.train_pipeline(data_cfg.test_pp)
         config = self.training_config(
             checkpoint, step, which, run_config, data, label_set, num_classes, train_pp,
             test_pp=test_pp, eval_batch_size=eval_batch_size,
@@ -99,6 +114,32 @@ class FinetuneProbe:
         }
         return Result(metrics, final.features, final.labels)
 
+    def train_pipeline(self, test_pp: str) -> str:
+        """The train pipeline derived from the checkpoint's test pipeline: a random window of
+        its clip length, [rand_augment,] a random resized crop of its size, [flip,]
+        [random_erasing]: VideoMAE's order (`kinetics.py` `_aug_frame`)."""
+        base = views.finetune_train(test_pp, area=self.crop_area, flip=self.flip)
+        ops = []
+        for name, kwargs in pipeline.parse_pp(base):
+            if name == "random_resized_crop":
+                if self.rand_augment_ops > 0:
+                    ops.append(
+                        views.format_op(
+                            "rand_augment",
+                            {
+                                "num_ops": self.rand_augment_ops,
+                                "magnitude": self.rand_augment_magnitude,
+                                "magnitude_std": self.rand_augment_std,
+                            },
+                        )
+                    )
+                if self.crop_aspect is not None:
+                    kwargs = {**kwargs, "aspect": tuple(self.crop_aspect)}
+            ops.append(views.format_op(name, kwargs) if kwargs else name)
+        if self.random_erasing > 0:
+            ops.append(views.format_op("random_erasing", {"p": self.random_erasing}))
+        return "|".join(ops)
+
     def training_config(
         self,
         checkpoint,
@@ -115,7 +156,17 @@ class FinetuneProbe:
     ) -> dict:
         """The supervised run config that fine-tunes the checkpoint's encoder and tests it
         (on `test_pp`, default the data's) every `eval_every_steps` and at the end."""
-        data = {**data, "batch_size": self.batch_size, "train_pp": train_pp}
+        r = self.repeated_samples
+        if r < 1:
+            raise config_lib.ConfigError(f"config.probe.repeated_samples: must be >= 1, got {r}")
+        data = {
+            **data,
+            "batch_size": self.batch_size * r,
+            "repeated_samples": r,
+            "train_pp": train_pp,
+        }
+        # vrl's epochs and lr scaling count clips; VideoMAE's count videos (r clips each).
+        scale = self.batch_size / self.lr_base_batch if self.lr_base_batch else 1.0
         model = dict(run_config["model"])
         accepts = config_lib.parameters(registry.get("model", model["name"]))
         if "drop_path" in accepts:
@@ -124,7 +175,7 @@ class FinetuneProbe:
             logging.warning("Model %r has no drop path; fine-tuning without it.", model["name"])
         return {
             "seed": self.seed,
-            "total_epochs": self.epochs,
+            "total_epochs": self.epochs * r,
             "log_every_steps": run_config.get("log_every_steps", 50),
             "compute_dtype": run_config.get("compute_dtype", "float32"),
             "data": data,
@@ -135,6 +186,7 @@ class FinetuneProbe:
                 "label_set": label_set,
                 "label_smoothing": self.label_smoothing,
                 "head_dropout": self.head_dropout,
+                "head_norm": self.head_norm,
                 "mixup": self.mixup,
                 "cutmix": self.cutmix,
                 # "random" fine-tunes the architecture from scratch.
@@ -145,12 +197,14 @@ class FinetuneProbe:
             "optim": {
                 "name": "adamw",
                 "lr": self.lr,
-                "lr_base_batch": self.lr_base_batch,
+                "lr_base_batch": self.lr_base_batch * r if self.lr_base_batch else None,
                 "b1": 0.9,
                 "b2": self.b2,
                 "weight_decay": self.weight_decay,
-                "warmup_epochs": self.warmup_epochs,
-                "end_lr": self.end_lr,
+                "warmup_epochs": self.warmup_epochs * r,
+                # VideoMAE scales min_lr and warmup_lr by batch / 256 as well as lr.
+                "end_lr": self.end_lr * scale,
+                "warmup_init_lr": self.warmup_init_lr * scale,
                 "schedule": "cosine",
                 "layer_decay": self.layer_decay,
             },
