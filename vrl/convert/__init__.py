@@ -19,6 +19,7 @@ FORMATS = {
     "hf_vjepa2": ("vrl.convert.vjepa", "from_hf"),
     "vjepa_pth": ("vrl.convert.vjepa", "from_pth"),
     "torchvision": ("vrl.convert.video_resnet", "from_torchvision"),
+    "hf_vit": ("vrl.convert.image_vit", "from_hf"),
 }
 
 

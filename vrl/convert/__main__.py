@@ -15,7 +15,10 @@ DRY_RUN = flags.DEFINE_bool(
 FRAMES = flags.DEFINE_integer("frames", None, "Clip length the model was trained on.")
 IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Clip height and width.")
 ARCH = flags.DEFINE_string(
-    "arch", None, "Architecture when the file does not say (ViT size, r3d_18...)."
+    "arch",
+    None,
+    "Architecture when the file does not say (ViT size, r3d_18...); hf_vit: key=value list "
+    "(inflation=central_frame|average, tubelet, tokenlearner_layer/_tokens/_version, tokenfuser).",
 )
 flags.mark_flags_as_required(["format", "src"])
 
