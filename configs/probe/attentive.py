@@ -11,9 +11,17 @@ numbers with the held-out top-1 of every point.
 `:vjepa` is the paper's K400 protocol (jepa `configs/evals/vitl16_k400_16x8x3.yaml`): the
 *target* (EMA) encoder of a V-JEPA checkpoint (`checkpoint_key: target_encoder`; set
 `--config.encoders="('pretrained',)"` for the online one), lr 1e-3 and weight decay 0.01 on all
-of train, 16 heads (the ViT-L/H encoder's), 16 frames at stride 4, 8 segments x 3 views, test
-pipelines explicit (224 crops). Token caches are [N, V, n, D] on the host, so large datasets need
-a machine with the memory for them.
+of train, 20 epochs without warmup, batch 256 (4 x 64 GPUs), 16 heads (the ViT-L/H encoder's),
+16 frames at stride 4, 8 segments. It trains on freshly augmented clips every epoch
+(`probe.train_augmented`, jepa `evals/video_classification_frozen/eval.py` `make_dataloader`): per
+segment RandAugment rand-m7-n4-mstd0.5, a random resized crop of area (0.08, 1) and aspect
+(3/4, 4/3) to 224, no flip, random erasing with p 0.25; the frozen encoder runs at every step.
+jepa draws each segment's window at random inside its eighth of the video; here the 8 windows
+are evenly spaced (`multiview_clips`). Testing: 8 segments x 3 views, 224 crops, cached. Token
+caches are [N, V, n, D] on the host, so large test sets need a machine with the memory.
+
+`probe.train_augmented=True` (one (lr, wd) point) trains on augmented clips of `train_pp` every
+epoch instead of one cached token sequence per train clip.
 """
 
 from configs.common import defaults, job_config
@@ -28,10 +36,21 @@ def get_config(arg=None):
     c.encoders = ("pretrained",)
     if args.vjepa:
         c.encoders = ("target",)
-        c.probe.update(lrs=(1e-3,), weight_decays=(0.01,), heads=16, segments=8)
+        c.probe.update(
+            lrs=(1e-3,),
+            weight_decays=(0.01,),
+            epochs=20,
+            warmup_epochs=0.0,
+            batch_size=256,
+            heads=16,
+            segments=8,
+            train_augmented=True,
+        )
         c.train_pp = (
-            "multiview_clips(num_clips=8, frames=16, stride=4)|resize_short(size=256)"
-            "|center_crop(size=224)"
+            "multiview_clips(num_clips=8, frames=16, stride=4)"
+            "|rand_augment(num_ops=4, magnitude=7, magnitude_std=0.5)"
+            "|random_resized_crop(size=224, area=(0.08, 1.0), aspect=(0.75, 1.3333333333333333))"
+            "|random_erasing(p=0.25)"
         )
         c.test_pp = (
             "multiview_clips(num_clips=8, frames=16, stride=4)|resize_short(size=224)"

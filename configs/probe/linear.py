@@ -8,8 +8,17 @@ Variants:
   `:solver=logistic`  full-batch L-BFGS softmax regression; its L2 strength is swept and chosen
                       on a held-out 20% of the train videos (fast, nothing else to tune)
   `:solver=ridge`     closed-form least squares on one-hot targets
-  `:cvrl`             the paper-scale CVRL protocol: 32 frames at stride 2, 224 crops; 10 clips
-                      x 3 crops at 256 for testing; SGD lr 32, 100 epochs, batch 1024, no wd
+  `:cvrl`             the paper-scale CVRL linear eval (tensorflow/models video_ssl
+                      `cvrl_linear_eval_k600.yaml`): trained on freshly augmented clips every
+                      epoch (`probe.train_augmented`: a random 32-frame window at stride 2,
+                      random resized crop area (0.3, 1) aspect (0.5, 2) to 224, flip), the
+                      frozen encoder run at every step; 10 clips x 3 crops at 256 for testing;
+                      SGD momentum 0.9, lr 32, 5 warmup epochs then cosine, 100 epochs, batch
+                      1024, no wd
+
+`probe.train_augmented=True` (sgd only) trains on augmented clips of `train_pp` every epoch
+instead of one cached feature per train clip: as published, and slower (the encoder runs every
+step).
 """
 
 from configs.common import defaults, job_config
@@ -25,9 +34,20 @@ def get_config(arg=None):
     c = job_config(probe, args.source)
     if args.cvrl:
         c.probe.update(
-            solver="sgd", epochs=100, lr=32.0, batch_size=1024, normalize=True, standardize=False
+            solver="sgd",
+            epochs=100,
+            warmup_epochs=5.0,
+            lr=32.0,
+            momentum=0.9,
+            batch_size=1024,
+            normalize=True,
+            standardize=False,
+            train_augmented=True,
         )
-        c.train_pp = "center_clip(frames=32, stride=2)|resize_short(size=256)|center_crop(size=224)"
+        c.train_pp = (
+            "uniform_clip(frames=32, stride=2)"
+            "|random_resized_crop(size=224, area=(0.3, 1.0), aspect=(0.5, 2.0))|flip"
+        )
         c.test_pp = (
             "multiview_clips(num_clips=10, frames=32, stride=2)|resize_short(size=256)"
             "|three_crop(size=256)"

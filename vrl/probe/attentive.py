@@ -19,6 +19,10 @@ The pooler has `heads` attention heads (default 16: V-JEPA's eval builds its pro
 encoder's head count, 16 for ViT-L/H/g; set 12 for a ViT-B, 6 for a ViT-S).
 
 Tokens are cached on the host as [N, V, n_tokens, D], so the train split must fit in memory.
+With `train_augmented=True` (V-JEPA's protocol, one grid point) the train tokens are not cached:
+every step runs the frozen encoder on a batch of freshly augmented clips of the job's train_pp
+(random resized crop, RandAugment, random erasing; see augmented.py), its segments grouped as
+above; `batch_size` then counts videos. Test tokens stay cached.
 """
 
 import dataclasses
@@ -35,7 +39,7 @@ import optax
 from vrl import optim, registry, sharding
 from vrl.config import ConfigError
 from vrl.models import heads as heads_lib
-from vrl.probe import batches, scores
+from vrl.probe import augmented, batches, scores
 
 
 class AttentiveClassifier(nn.Module):
@@ -65,6 +69,7 @@ class AttentiveProbe:
     holdout_fraction: float = 0.2  # of the train videos, to choose among the grid's points
     eval_batch_size: int = 256
     seed: int = 0
+    train_augmented: bool = False  # train on augmented clips every epoch (see augmented.py)
 
     def __post_init__(self):
         if not self.lrs or not self.weight_decays:
@@ -81,6 +86,11 @@ class AttentiveProbe:
                 f"config.probe.holdout_fraction: the {len(self.grid)} (lr, weight decay) points "
                 f"are chosen on held-out train videos; need a value in (0, 1), got "
                 f"{self.holdout_fraction}"
+            )
+        if self.train_augmented and len(self.grid) > 1:
+            raise ConfigError(
+                "config.probe.train_augmented: the augmented path trains one (lr, weight decay) "
+                f"on all of train; got a grid of {len(self.grid)} (set one lr and one weight decay)"
             )
 
     @property
@@ -102,6 +112,30 @@ class AttentiveProbe:
             **selection,
             "heads": model.heads,
             "num_train": int(train_x.shape[0] * train_x.shape[1]),
+        }
+
+    def run_augmented(self, train: augmented.Stream, test_x, test_y, num_classes: int) -> dict:
+        """The grid's one point trained on tokens of augmented train clips, tested on the
+        cached test tokens."""
+        test_x = self.group_segments(scores.view_tokens(test_x), "test")
+        model = AttentiveClassifier(num_classes, self.checked_heads(test_x.shape[-1]))
+        (lr, wd), steps = self.grid[0], train.steps_per_epoch(self.batch_size)
+        params, opt_state, lrs, wds = self.start(model, test_x[:1, 0], [(lr, wd)])
+        total, warmup = self.schedule(steps)
+        state = jax.device_put((params, opt_state), sharding.replicated(train.mesh))
+        step = lambda state, x, y: _augmented_step(
+            self, model, state, lrs, wds, x, y, total, warmup
+        )
+        params, _ = augmented.fit(
+            train, state, step, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed
+        )
+        return {
+            **scores.classification(self.predict(model, params, test_x)[0], test_y, num_classes),
+            "chosen_lr": lr,
+            "chosen_weight_decay": wd,
+            "num_holdout": 0,
+            "heads": model.heads,
+            "num_train": len(train),
         }
 
     def choose(
@@ -131,7 +165,7 @@ class AttentiveProbe:
 
     def group_segments(self, x: np.ndarray, split: str) -> np.ndarray:
         """[N, S * V, n, D] (segment-major views) -> [N, V, S * n, D]."""
-        n, views, tokens, dim = x.shape
+        n, views, tokens, dim = x.shape  # numpy, or jax inside the augmented step
         if views % self.segments:
             raise ConfigError(
                 f"config.probe.segments={self.segments}: the {split} pipeline gives {views} "
@@ -155,15 +189,8 @@ class AttentiveProbe:
         labels = np.repeat(y, views)
         batch = min(self.batch_size, len(examples))
         steps_per_epoch = max(len(examples) // batch, 1)
-        total = self.epochs * steps_per_epoch
-        warmup = int(round(self.warmup_epochs * steps_per_epoch))
-        lrs = jnp.asarray([lr for lr, _ in grid], jnp.float32)
-        wds = jnp.asarray([wd for _, wd in grid], jnp.float32)
-        # One compiled init called once per probe (a vmapped init compiles about twice as long).
-        keys = jax.random.split(jax.random.key(self.seed), len(grid))
-        inits = [_init(model, key, examples[:1]) for key in keys]
-        params = jax.tree.map(lambda *p: np.stack(p), *inits)
-        opt_state = _init_optimizer(params, lrs, wds)
+        total, warmup = self.schedule(steps_per_epoch)
+        params, opt_state, lrs, wds = self.start(model, examples[:1], grid)
         rng = np.random.default_rng(self.seed)
         for _ in range(self.epochs):
             order = rng.permutation(len(examples))[: steps_per_epoch * batch]
@@ -172,6 +199,21 @@ class AttentiveProbe:
                     model, params, opt_state, lrs, wds, examples[idx], labels[idx], total, warmup
                 )
         return params
+
+    def schedule(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(total steps, warmup steps) of training."""
+        return self.epochs * steps_per_epoch, int(round(self.warmup_epochs * steps_per_epoch))
+
+    def start(self, model: AttentiveClassifier, sample, grid: list[tuple[float, float]]):
+        """(params, optimizer state, lrs, wds) of the probes of `grid`, stacked on a leading
+        probe axis; `sample`: one example's tokens [1, L, D]."""
+        lrs = jnp.asarray([lr for lr, _ in grid], jnp.float32)
+        wds = jnp.asarray([wd for _, wd in grid], jnp.float32)
+        # One compiled init called once per probe (a vmapped init compiles about twice as long).
+        keys = jax.random.split(jax.random.key(self.seed), len(grid))
+        inits = [_init(model, key, sample) for key in keys]
+        params = jax.tree.map(lambda *p: np.stack(p), *inits)
+        return params, _init_optimizer(params, lrs, wds), lrs, wds
 
     def predict(self, model: AttentiveClassifier, params, x: np.ndarray) -> np.ndarray:
         """View-averaged probabilities [P, N, C] of every probe for tokens [N, V, L, D], in
@@ -206,8 +248,7 @@ def _init_optimizer(params, lrs, wds):
     return jax.vmap(lambda p, lr, wd: _optimizer(lr, wd).init(p))(params, lrs, wds)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _train_step(model: AttentiveClassifier, params, opt_state, lrs, wds, xb, yb, total, warmup):
+def _step(model: AttentiveClassifier, params, opt_state, lrs, wds, xb, yb, total, warmup):
     """One step of every probe: vmap over the leading probe axis of params, state, lr and wd."""
 
     def one(p, o, lr, wd):
@@ -220,6 +261,22 @@ def _train_step(model: AttentiveClassifier, params, opt_state, lrs, wds, xb, yb,
         return optax.apply_updates(p, updates), o, loss
 
     return jax.vmap(one)(params, opt_state, lrs, wds)
+
+
+_train_step = jax.jit(_step, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _augmented_step(probe: AttentiveProbe, model, state, lrs, wds, x, y, total, warmup):
+    """`_step` on the tokens [B, (S * V,) n, D] of an augmented batch: segments grouped, each
+    spatial view an example."""
+    x = probe.group_segments(x if x.ndim == 4 else x[:, None], "train")
+    n, views = x.shape[:2]
+    examples = x.reshape(n * views, *x.shape[2:]).astype(jnp.float32)
+    params, opt_state, _ = _step(
+        model, *state, lrs, wds, examples, jnp.repeat(y, views), total, warmup
+    )
+    return params, opt_state
 
 
 @functools.partial(jax.jit, static_argnums=0)

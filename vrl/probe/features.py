@@ -7,7 +7,7 @@ import numpy as np
 
 from vrl import config as config_lib
 from vrl.data import pipeline
-from vrl.probe import batches
+from vrl.probe import augmented, batches
 from vrl.probe.encoder import Encoder
 
 KINDS = ("pooled", "tokens")
@@ -25,11 +25,14 @@ def extract(
     """(features, labels {label set: [N] int32}) in split order, on every process.
 
     kind "pooled": [N, D] or [N, V, D]; "tokens": [N, n, D] or [N, V, n, D] (V: views of a
-    multi-view pp).
+    multi-view pp). "augmented/pooled", "augmented/tokens": an `augmented.Stream` of them
+    on freshly augmented clips of `pp`, computed as a probe trains, and no labels.
     """
-    if kind not in KINDS:
+    if kind.removeprefix(augmented.PREFIX) not in KINDS:
         raise config_lib.ConfigError(f"feature kind {kind!r} is not allowed; allowed: {KINDS}")
     cfg = config_lib.instantiate(pipeline.DataConfig, data, "config.data")
+    if kind.startswith(augmented.PREFIX):
+        return augmented.stream(encoder, cfg, split, pp, kind), {}
     size = batches.batch_size(batch_size or encoder.batch_size, encoder.mesh)
     split_batches, total = read_split(cfg, split, pp, size)
 

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vrl import registry
-from vrl.probe import scores
+from vrl import registry, sharding
+from vrl.config import ConfigError
+from vrl.probe import augmented, scores
 
 
 @registry.register("probe", "linear")
@@ -26,6 +27,10 @@ class LinearProbe:
     `sweep` lists values of the solver's one knob (sgd: lr, logistic: l2, ridge: ridge); each is
     fitted on the train split minus a held-out `holdout_fraction` of its videos, the best on the
     held-out part is refitted on all of train and measured on test.
+
+    `train_augmented` (sgd only): train on features of freshly augmented clips of the job's
+    train_pp, computed by the frozen encoder at every step (`run_augmented`, the CVRL linear eval),
+    instead of one cached feature per train clip; `batch_size` counts videos then.
     """
 
     inputs: ClassVar[str] = "pooled"
@@ -36,6 +41,7 @@ class LinearProbe:
     epochs: int = 100
     batch_size: int = 256
     lr: float = 0.1
+    warmup_epochs: float = 0.0  # sgd: linear warmup from 0, then cosine (CVRL: 5)
     momentum: float = 0.9
     weight_decay: float = 0.0
     l2: float = 1e-4  # logistic: penalty 0.5 * l2 * |W|^2 added to the mean cross-entropy
@@ -44,8 +50,17 @@ class LinearProbe:
     sweep: tuple[float, ...] = ()
     holdout_fraction: float = 0.2
     seed: int = 0
+    train_augmented: bool = False  # sgd: train on augmented clips every epoch (see augmented.py)
 
     KNOBS: ClassVar[dict[str, str]] = {"sgd": "lr", "logistic": "l2", "ridge": "ridge"}
+
+    def __post_init__(self):
+        if self.train_augmented and (self.solver != "sgd" or self.sweep or self.standardize):
+            raise ConfigError(
+                "config.probe.train_augmented: trains SGD on features computed per step; needs "
+                f"solver='sgd', no sweep and standardize=False (got solver={self.solver!r}, "
+                f"sweep={self.sweep}, standardize={self.standardize})"
+            )
 
     def run(self, train_x, train_y, test_x, test_y, num_classes: int) -> dict:
         train_x, test_x = scores.view_features(train_x), scores.view_features(test_x)
@@ -82,6 +97,32 @@ class LinearProbe:
             w, b = fit_logistic(jnp.asarray(x), jnp.asarray(y), num_classes, value, self.max_iters)
         else:
             w, b = self.fit_sgd(x, y, num_classes, value)
+        return self.predictor(w, b, mean, std)
+
+    def run_augmented(self, train: augmented.Stream, test_x, test_y, num_classes: int) -> dict:
+        """SGD on the features of augmented train clips, `epochs` passes of fresh clips."""
+        test_x = scores.view_features(test_x)
+        steps = train.steps_per_epoch(self.batch_size)
+        hyper = dict(
+            normalize=self.normalize,
+            total=self.epochs * steps,
+            warmup=int(round(self.warmup_epochs * steps)),
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+        params = (jnp.zeros((test_x.shape[-1], num_classes)), jnp.zeros((num_classes,)))
+        opt_state = _sgd(self.lr, 1, 0, self.momentum, self.weight_decay).init(params)
+        state = jax.device_put((params, opt_state), sharding.replicated(train.mesh))
+        lr = jnp.float32(self.lr)
+        step = lambda state, x, y: _sgd_step(state, x, y, lr, **hyper)
+        (w, b), _ = augmented.fit(
+            train, state, step, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed
+        )
+        metrics = scores.classification(self.predictor(w, b)(test_x), test_y, num_classes)
+        return {**metrics, "num_train": len(train)}
+
+    def predictor(self, w, b, mean=0.0, std=1.0):
+        """Scores of a fitted layer: features [N, V, D] -> [N, C]."""
 
         def predict(features: np.ndarray) -> np.ndarray:
             t = (self.preprocess(features) - mean) / std
@@ -109,6 +150,7 @@ class LinearProbe:
             batch=batch,
             steps_per_epoch=steps_per_epoch,
             epochs=self.epochs,
+            warmup=int(round(self.warmup_epochs * steps_per_epoch)),
             momentum=self.momentum,
             weight_decay=self.weight_decay,
         )
@@ -153,31 +195,61 @@ def fit_logistic(x, y, num_classes: int, l2, max_iters: int):
         "batch",
         "steps_per_epoch",
         "epochs",
+        "warmup",
         "momentum",
         "weight_decay",
     ),
 )
-def _fit_sgd(x, y, lr, key, *, num_classes, batch, steps_per_epoch, epochs, momentum, weight_decay):
-    """Minibatch softmax regression, SGD + momentum, cosine decay; data reshuffled every epoch."""
+def _fit_sgd(
+    x, y, lr, key, *, num_classes, batch, steps_per_epoch, epochs, warmup, momentum, weight_decay
+):
+    """Minibatch softmax regression, SGD + momentum, (warmup and) cosine decay; data reshuffled
+    every epoch."""
     n, d = x.shape
-    tx = optax.chain(
-        optax.add_decayed_weights(weight_decay),
-        optax.sgd(optax.cosine_decay_schedule(lr, epochs * steps_per_epoch), momentum=momentum),
-    )
+    tx = _sgd(lr, epochs * steps_per_epoch, warmup, momentum, weight_decay)
     params = (jnp.zeros((d, num_classes)), jnp.zeros((num_classes,)))
-
-    def loss_fn(p, xb, yb):
-        return optax.softmax_cross_entropy_with_integer_labels(xb @ p[0] + p[1], yb).mean()
 
     def epoch(carry, key):
         def step(carry, idx):
-            p, opt = carry
-            grads = jax.grad(loss_fn)(p, x[idx], y[idx])
-            updates, opt = tx.update(grads, opt, p)
-            return (optax.apply_updates(p, updates), opt), None
+            return _sgd_update(tx, carry, x[idx], y[idx]), None
 
         order = jax.random.permutation(key, n)[: steps_per_epoch * batch]
         return jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch))[0], None
 
     (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))
     return params
+
+
+def _sgd(lr, total: int, warmup: int, momentum: float, weight_decay: float):
+    """SGD + momentum, lr linear from 0 over `warmup` steps then cosine to 0 at `total`."""
+    schedule = optax.cosine_decay_schedule(lr, total)
+    if warmup:  # optax's warmup_cosine_decay_schedule needs a concrete lr, this one is traced
+        cosine = optax.cosine_decay_schedule(lr, total - warmup)
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), cosine], [warmup])
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum)
+    )
+
+
+def _sgd_update(tx, state, xb, yb):
+    """One step of softmax regression on examples xb [B, D], labels yb [B]."""
+
+    def loss_fn(p):
+        return optax.softmax_cross_entropy_with_integer_labels(xb @ p[0] + p[1], yb).mean()
+
+    params, opt = state
+    updates, opt = tx.update(jax.grad(loss_fn)(params), opt, params)
+    return optax.apply_updates(params, updates), opt
+
+
+@functools.partial(
+    jax.jit, static_argnames=("normalize", "total", "warmup", "momentum", "weight_decay")
+)
+def _sgd_step(state, x, y, lr, *, normalize, total, warmup, momentum, weight_decay):
+    """One step on the features [B, (V,) D] of an augmented batch, each view an example."""
+    if x.ndim == 3:
+        y = jnp.repeat(y, x.shape[1])
+    x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+    if normalize:
+        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return _sgd_update(_sgd(lr, total, warmup, momentum, weight_decay), state, x, y)

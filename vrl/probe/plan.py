@@ -3,7 +3,9 @@
 The same `Plan` runs a probe job on a saved checkpoint (`python -m vrl.probe`) and a
 `config.evals` entry on a training run's live parameters (`vrl.evaluators`): only the
 `Subject`, what gives it features and the model, differs. Frozen features are
-extracted once per encoder and split and shared by every label set.
+extracted once per encoder and split and shared by every label set; a probe with
+`train_augmented=True` gets a stream of features of freshly augmented train clips instead of the
+train features (see augmented.py), and the cached test features.
 """
 
 import dataclasses
@@ -17,6 +19,7 @@ from absl import logging
 
 from vrl import config as config_lib
 from vrl.data import pipeline
+from vrl.probe import augmented
 from vrl.probe import data as probe_data
 from vrl.probe import job as job_lib
 from vrl.probe import results as results_lib
@@ -54,6 +57,11 @@ class Plan:
         """What the probe consumes: "pooled" features, "tokens", the "model" (its own head),
         or the "checkpoint" itself (fine-tuning)."""
         return getattr(self.probe, "inputs", "pooled")
+
+    @property
+    def train_augmented(self) -> bool:
+        """The probe trains on features of freshly augmented train clips, computed per step."""
+        return bool(getattr(self.probe, "train_augmented", False))
 
     def result_name(self, label_set: str, encoder_name: str) -> str:
         return f"{self.job.name or self.job.probe['name']}_{label_set}_{encoder_name}"
@@ -122,20 +130,23 @@ class Plan:
         else:
             train_x, train_y, test_x, test_y = self._features(subject, which, encoder_name)
             for label_set in self.label_sets:
-                metrics = self.probe.run(
-                    train_x, train_y[label_set], test_x, test_y[label_set], num_classes[label_set]
-                )
+                test = (test_x, test_y[label_set], num_classes[label_set])
+                if self.train_augmented:  # train_x: a stream of features of augmented clips
+                    metrics = self.probe.run_augmented(train_x.labelled(label_set), *test)
+                else:
+                    metrics = self.probe.run(train_x, train_y[label_set], *test)
                 test = pooled(test_x, self.inputs)
                 yield label_set, results_lib.Result(metrics, test, test_y[label_set])
 
     def _features(self, subject: Subject, which: str, encoder_name: str):
         t0 = time.perf_counter()
-        common = dict(data=self.data, kind=self.inputs, batch_size=self.job.batch_size)
+        common = dict(data=self.data, batch_size=self.job.batch_size)
+        train_kind = augmented.PREFIX + self.inputs if self.train_augmented else self.inputs
         train_x, train_y = subject.features(
-            which, split=self.data_cfg.train_split, pp=self.job.train_pp, **common
+            which, split=self.data_cfg.train_split, pp=self.job.train_pp, kind=train_kind, **common
         )
         test_x, test_y = subject.features(
-            which, split=self.data_cfg.test_split, pp=self.test_pp, **common
+            which, split=self.data_cfg.test_split, pp=self.test_pp, kind=self.inputs, **common
         )
         logging.info(
             "%s %s features at step %d in %.1f s: train %s, test %s.",
@@ -143,7 +154,7 @@ class Plan:
             self.inputs,
             subject.step,
             time.perf_counter() - t0,
-            train_x.shape,
+            f"augmented {self.job.train_pp}" if self.train_augmented else train_x.shape,
             test_x.shape,
         )
         return train_x, train_y, test_x, test_y
