@@ -10,11 +10,33 @@ all until the config is first used. When parsing the flags fails, or the config 
 
 import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
-from absl import flags
+from absl import app, flags
 
 from vrl import config as config_lib
+
+
+def fail(kind: str, error, code: int) -> None:
+    """One line `<kind>: <error>` on stderr (whitespace folded), then exit with `code`."""
+    print(f"{kind}: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def flags_parser(kind: str = "config error") -> Callable[[list[str]], list[str]]:
+    """An `app.run(flags_parser=...)`: a mistake in --config or an override is one line
+    `<kind>: ...` and exit 2; other flag errors as absl reports them (exit 1)."""
+
+    def parse_flags(argv: list[str]) -> list[str]:
+        try:
+            return parse(argv)
+        except config_lib.ConfigError as e:
+            fail(kind, e, 2)
+        except Exception:  # noqa: BLE001 - absl reports its own flags' errors
+            return app.parse_flags_with_usage(argv)
+
+    return parse_flags
 
 
 def parse(argv: Sequence[str], name: str = "config") -> list[str]:

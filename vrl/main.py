@@ -149,24 +149,11 @@ def main(argv):
         _fail("I/O error", e, 4)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, except that a mistake in --config or an override is one line
-    `config error: ...` and exit 2 (see vrl/flag_errors.py); other flag errors as absl says."""
-    try:
-        return flag_errors.parse(argv)
-    except config_lib.ConfigError as e:
-        _fail("config error", e, 2, log=False)
-    except Exception:  # noqa: BLE001 - absl reports its own flags' errors (exit 1)
-        return app.parse_flags_with_usage(argv)
-
-
-def _fail(kind: str, error: BaseException, code: int, log: bool = True) -> None:
-    """One line on stderr naming what happened, then exit with `code`."""
-    if log:
-        logging.error("%s: %s", kind, error)
-    print(f"{kind}: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-    sys.exit(code)
+def _fail(kind: str, error: BaseException, code: int) -> None:
+    """One line on stderr naming what happened (logged too), then exit with `code`."""
+    logging.error("%s: %s", kind, error)
+    flag_errors.fail(kind, error, code)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=flag_errors.flags_parser())

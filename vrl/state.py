@@ -33,6 +33,24 @@ class TrainState:
 
 def init_state(objective: Objective, tx, init_batch: dict, mesh, rules, seed: int):
     """(state, shardings): the state is created directly in its sharded layout."""
+    init, shardings = _state_init(objective, tx, init_batch, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(init_key(seed))
+    return state, shardings
+
+
+def abstract_init_state(objective: Objective, tx, init_batch: dict, mesh, rules):
+    """(abstract state, shardings): the shapes `init_state` would make, with nothing
+    allocated (ahead-of-time compilation for devices this machine does not have)."""
+    init, shardings = _state_init(objective, tx, init_batch, mesh, rules)
+    key = init_key(0)  # on this machine's device, outside a mesh of devices it may not have
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init, key)
+    return abstract_state(shardings, nn.meta.unbox(boxed)), shardings
+
+
+def _state_init(objective: Objective, tx, init_batch: dict, mesh, rules):
+    """(init(rng) -> TrainState, the state's shardings under the logical axis rules)."""
 
     def init(rng):
         params, extra = objective.init(rng, init_batch)
@@ -44,12 +62,10 @@ def init_state(objective: Objective, tx, init_batch: dict, mesh, rules, seed: in
             skipped_steps=jnp.zeros((), jnp.int32),
         )
 
-    rng = init_key(seed)
+    key = init_key(0)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init, rng)
-        shardings = sharding.logical_shardings(abstract, mesh, rules)
-        state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
-    return state, shardings
+        abstract = jax.eval_shape(init, key)
+        return init, sharding.logical_shardings(abstract, mesh, rules)
 
 
 def compile_step(step_fn, state, state_shardings, device_batch: dict):

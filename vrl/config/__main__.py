@@ -11,7 +11,6 @@ data is read and no array is built, so a paper recipe resolves on a laptop. A pr
 import dataclasses
 import inspect
 import json
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,27 +115,12 @@ def main(argv):
     try:
         resolved = resolve(flags.FLAGS.config)
     except config_lib.ConfigError as e:
-        _fail(e)
+        flag_errors.fail("config error", e, 2)
     print(to_json(resolved) if flags.FLAGS.json else listing(resolved))
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """A mistake in --config or an override: one line and exit 2 (see vrl/flag_errors.py)."""
-    try:
-        return flag_errors.parse(argv)
-    except config_lib.ConfigError as e:
-        _fail(e)
-    except Exception:  # noqa: BLE001 - absl reports its own flags' errors (exit 1)
-        return app.parse_flags_with_usage(argv)
-
-
-def _fail(error: BaseException) -> None:
-    print(f"config error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-    sys.exit(2)
 
 
 if __name__ == "__main__":
     # Defined here, not on import: tests import `resolve` next to vrl.main's --config.
     config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
     flags.DEFINE_bool("json", False, "Print JSON instead of the indented listing.")
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=flag_errors.flags_parser())

@@ -29,16 +29,5 @@ def main(argv):
     print(results.summary_table(measured))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """A mistake in --config or an override: one line `vrl.probe: ...` and exit 2."""
-    try:
-        return flag_errors.parse(argv)
-    except config_lib.ConfigError as e:
-        print(f"vrl.probe: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
-    except Exception:  # noqa: BLE001 - absl reports its own flags' errors (exit 1)
-        return app.parse_flags_with_usage(argv)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=flag_errors.flags_parser("vrl.probe"))
