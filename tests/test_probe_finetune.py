@@ -131,6 +131,9 @@ def test_videomae_recipe_is_the_released_k400_vit_b_fine_tuning():
     assert optim["end_lr"] == optim["warmup_init_lr"] == pytest.approx(1e-6 * 384 / 256)
     assert config["model"]["drop_path"] == 0.1
     assert config["objective"]["head_norm"] is True
+    # VideoMAE's mean-pooling classifier has no final norm (Identity): the saved one is dropped.
+    assert config["model"]["final_norm"] is False
+    assert config["objective"]["init_drop"] == ("norm",)
     assert (config["objective"]["mixup"], config["objective"]["cutmix"]) == (0.8, 1.0)
 
     # On the tiny data: 16 videos / 4 per step = 4 steps per pass, 2 passes; peak lr scaled by
@@ -154,3 +157,16 @@ def test_videomae_runlocal_fine_tunes_with_the_augmented_pipeline(tmp_path):
         metrics = json.load(f)["metrics"]
     assert metrics["step"] == 8  # 2 epochs x 16 videos / 4 videos (8 clips) per step
     assert "rand_augment(" in metrics["train_pp"] and "random_erasing(" in metrics["train_pp"]
+
+
+def test_dropped_initial_weights_must_exist():
+    from vrl import checkpoint as ckpt_lib
+    from vrl import weights
+    from vrl.objectives import base
+
+    saved = {"params": {"blocks_0": {"w": 1}, "norm": {"scale": 2}}}
+    source = base.InitialWeights("/runs/pre", drop=("norm",), key="config.objective.init_from")
+    assert weights._without(saved, source) == {"params": {"blocks_0": {"w": 1}}}
+    missing = base.InitialWeights("/runs/pre", drop=("fc_norm",), key="config.objective.init_from")
+    with pytest.raises(ckpt_lib.CheckpointError, match="cannot drop 'fc_norm'.*blocks_0, norm"):
+        weights._without(saved, missing)

@@ -128,7 +128,23 @@ def initial_variables(objective: base.Objective, params, extra):
     (`Objective.initial_weights`) placed in, each strictly checked against what init made."""
     for which, source in objective.initial_weights().items():
         loaded = jax.device_get(load_encoder(source.workdir, source.step, source.which).variables)
+        loaded = _without(loaded, source)
         current = objective.encoder_variables(params, extra, which)
         ckpt_lib.check_matches(loaded, current, f"{which} from {source.workdir}")
         params, extra = objective.set_encoder_variables(params, extra, which, loaded)
     return params, extra
+
+
+def _without(variables: dict, source: base.InitialWeights) -> dict:
+    """`variables` without the parameter subtrees `source.drop` names (strict: each exists)."""
+    if not source.drop:
+        return variables
+    params = dict(variables["params"])
+    for name in source.drop:
+        if name not in params:
+            raise ckpt_lib.CheckpointError(
+                f"{source.key}: cannot drop {name!r} from the encoder in {source.workdir}: it has "
+                f"no such parameters (top-level names: {', '.join(sorted(params))})"
+            )
+        del params[name]
+    return {**variables, "params": params}

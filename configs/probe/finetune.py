@@ -16,7 +16,8 @@ run_class_finetuning.py's defaults): 384 videos per step (6 x 64 GPUs), 2 clips 
 (`--num_sample 2`), lr 5e-4 x 384 / 256, min and warmup lr 1e-6 x 384 / 256, 75 epochs with 5
 of warmup, layer decay 0.75, drop path 0.1; RandAugment rand-m7-n4-mstd0.5-inc1 before a
 random resized crop of area (0.08, 1) and aspect (3/4, 4/3), flip, random erasing 0.25
-(pixel mode, one box per clip); mean pooling then a LayerNorm (fc_norm) before the classifier.
+(pixel mode, one box per clip); mean pooling then a LayerNorm (fc_norm) before the classifier,
+the pretrained encoder's final norm left out.
 Combine as `:videomae,runlocal` for a CPU check of that pipeline.
 """
 
@@ -47,6 +48,7 @@ def get_config(arg=None):
             cutmix=1.0,
             head_dropout=0.0,
             head_norm=True,
+            drop_final_norm=True,
             crop_area=(0.08, 1.0),
             crop_aspect=(0.75, 1.3333),
             flip=True,

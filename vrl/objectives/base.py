@@ -38,6 +38,9 @@ class InitialWeights:
     step: int | None = None
     which: str = "encoder"
     key: str = "config.objective"  # the config key that names `workdir`, for error messages
+    # Top-level parameter names of the saved encoder left out on purpose (e.g. "norm" when
+    # fine-tuning without the pretrained final norm, as VideoMAE does); each must exist.
+    drop: tuple[str, ...] = ()
 
 
 class Objective(abc.ABC):

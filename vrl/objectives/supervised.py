@@ -89,6 +89,7 @@ class Supervised(base.Objective):
     init_from: str = ""
     init_step: int | None = None
     init_which: str = "encoder"
+    init_drop: tuple[str, ...] = ()  # saved encoder parameters not loaded, e.g. ("norm",)
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -117,7 +118,11 @@ class Supervised(base.Objective):
         if not self.init_from:
             return {}
         source = base.InitialWeights(
-            self.init_from, self.init_step, self.init_which, key="config.objective.init_from"
+            self.init_from,
+            self.init_step,
+            self.init_which,
+            key="config.objective.init_from",
+            drop=tuple(self.init_drop),
         )
         return {"encoder": source}
 

@@ -51,6 +51,9 @@ class FinetuneProbe:
     head_dropout: float = 0.0
     # LayerNorm on the mean-pooled tokens before the classifier (VideoMAE's fc_norm).
     head_norm: bool = False
+    # Fine-tune without the pretrained encoder's final LayerNorm (VideoMAE's classifier with
+    # mean pooling replaces it by the identity; its fc_norm normalises the pooled vector).
+    drop_final_norm: bool = False
     crop_area: tuple[float, float] = (0.3, 1.0)
     crop_aspect: tuple[float, float] | None = None  # None: random_resized_crop's (0.5, 2)
     flip: bool = False  # Kinetics recipes flip; datasets with left/right classes must not
@@ -173,6 +176,15 @@ class FinetuneProbe:
             model["drop_path"] = self.drop_path
         elif self.drop_path > 0:
             logging.warning("Model %r has no drop path; fine-tuning without it.", model["name"])
+        init_drop = ()
+        if self.drop_final_norm:
+            if "final_norm" not in accepts:
+                raise config_lib.ConfigError(
+                    f"config.probe.drop_final_norm: model {model['name']!r} has no final norm"
+                )
+            if model.get("final_norm", accepts["final_norm"][1]):  # a saved norm to leave out
+                init_drop = ("norm",)
+            model["final_norm"] = False
         return {
             "seed": self.seed,
             "total_epochs": self.epochs * r,
@@ -193,6 +205,7 @@ class FinetuneProbe:
                 "init_from": "" if which == "random" else os.path.abspath(checkpoint),
                 "init_step": step,
                 "init_which": "encoder" if which == "random" else which,
+                "init_drop": () if which == "random" else init_drop,
             },
             "optim": {
                 "name": "adamw",
