@@ -152,3 +152,33 @@ def test_bad_settings_fail_at_config_time():
     with pytest.raises(config_lib.ConfigError, match=r"holdout_fraction: the 2 \(lr, weight"):
         attentive_probe(lrs=(1e-3, 3e-3), holdout_fraction=0.0)
     attentive_probe(lrs=(1e-3,), holdout_fraction=0.0)  # one point: nothing to choose
+
+
+def test_optimizer_decays_weight_decay_on_a_cosine_and_clips_gradients():
+    """jepa's `init_opt`: weight decay from wd to final_wd on a cosine over the run;
+    `clip_grad_norm_(classifier.parameters(), 1.0)` before AdamW."""
+    import jax.numpy as jnp
+
+    hyper = {"lr": 0.1, "wd": 0.01, "final_wd": 1e-6, "clip": 1.0}
+    hyper = {k: jnp.float32(v) for k, v in hyper.items()}
+    tx = attentive._optimizer(hyper, total=10, warmup=0)
+    params = {"kernel": jnp.ones(3), "bias": jnp.ones(3)}
+    state = tx.init(params)
+    zero = {"kernel": jnp.zeros(3), "bias": jnp.zeros(3)}
+    decays = []
+    for step in range(6):  # zero gradients: the update is -lr(step) * wd(step) * kernel
+        updates, state = tx.update(zero, state, params)
+        lr = 0.1 * 0.5 * (1 + np.cos(np.pi * step / 10))
+        decays.append(-float(updates["kernel"][0]) / lr)
+        assert float(updates["bias"][0]) == 0.0  # biases are not decayed
+    np.testing.assert_allclose(decays[0], 0.01, rtol=1e-5)
+    np.testing.assert_allclose(decays[5], 1e-6 + (0.01 - 1e-6) * 0.5, rtol=1e-4)
+    # A gradient of norm 10 enters Adam's first moment clipped to norm 1 (mu = 0.1 * g).
+    state = tx.init(params)
+    big = {"kernel": jnp.full(3, 10 / np.sqrt(6)), "bias": jnp.full(3, 10 / np.sqrt(6))}
+    _, state = tx.update(big, state, params)
+    mu = state[1].mu
+    norm = np.sqrt(sum(float(jnp.sum(m**2)) for m in (mu["kernel"], mu["bias"])))
+    np.testing.assert_allclose(norm, 0.1, rtol=1e-5)
+    assert attentive_config.get_config("vjepa").probe.clip_norm == 1.0
+    assert attentive_config.get_config("vjepa").probe.final_weight_decay == 1e-6

@@ -16,6 +16,7 @@ of train, 20 epochs without warmup, batch 256 (4 x 64 GPUs), 16 heads (the ViT-L
 (`probe.train_augmented`, jepa `evals/video_classification_frozen/eval.py` `make_dataloader`): per
 segment RandAugment rand-m7-n4-mstd0.5, a random resized crop of area (0.08, 1) and aspect
 (3/4, 4/3) to 224, no flip, random erasing with p 0.25; the frozen encoder runs at every step.
+As jepa's `init_opt`, weight decay follows a cosine to 1e-6 and gradients are clipped at 1.
 jepa draws each segment's window at random inside its eighth of the video; here the 8 windows
 are evenly spaced (`multiview_clips`). Testing: 8 segments x 3 views, 224 crops, cached. Token
 caches are [N, V, n, D] on the host, so large test sets need a machine with the memory.
@@ -45,6 +46,8 @@ def get_config(arg=None):
             heads=16,
             segments=8,
             train_augmented=True,
+            final_weight_decay=1e-6,
+            clip_norm=1.0,
         )
         c.train_pp = (
             "multiview_clips(num_clips=8, frames=16, stride=4)"

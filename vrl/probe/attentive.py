@@ -70,6 +70,11 @@ class AttentiveProbe:
     eval_batch_size: int = 256
     seed: int = 0
     train_augmented: bool = False  # train on augmented clips every epoch (see augmented.py)
+    # V-JEPA's eval (`init_opt`, `clip_grad_norm_(classifier.parameters(), 1.0)`): weight
+    # decay on a cosine from each grid point's value to this one (None: constant), gradients
+    # clipped to this global norm (None: not clipped).
+    final_weight_decay: float | None = None
+    clip_norm: float | None = None
 
     def __post_init__(self):
         if not self.lrs or not self.weight_decays:
@@ -120,12 +125,10 @@ class AttentiveProbe:
         test_x = self.group_segments(scores.view_tokens(test_x), "test")
         model = AttentiveClassifier(num_classes, self.checked_heads(test_x.shape[-1]))
         (lr, wd), steps = self.grid[0], train.steps_per_epoch(self.batch_size)
-        params, opt_state, lrs, wds = self.start(model, test_x[:1, 0], [(lr, wd)])
+        params, opt_state, hyper = self.start(model, test_x[:1, 0], [(lr, wd)])
         total, warmup = self.schedule(steps)
         state = jax.device_put((params, opt_state), sharding.replicated(train.mesh))
-        step = lambda state, x, y: _augmented_step(
-            self, model, state, lrs, wds, x, y, total, warmup
-        )
+        step = lambda state, x, y: _augmented_step(self, model, state, hyper, x, y, total, warmup)
         params, _ = augmented.fit(
             train, state, step, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed
         )
@@ -190,13 +193,13 @@ class AttentiveProbe:
         batch = min(self.batch_size, len(examples))
         steps_per_epoch = max(len(examples) // batch, 1)
         total, warmup = self.schedule(steps_per_epoch)
-        params, opt_state, lrs, wds = self.start(model, examples[:1], grid)
+        params, opt_state, hyper = self.start(model, examples[:1], grid)
         rng = np.random.default_rng(self.seed)
         for _ in range(self.epochs):
             order = rng.permutation(len(examples))[: steps_per_epoch * batch]
             for idx in order.reshape(steps_per_epoch, batch):
                 params, opt_state, _ = _train_step(
-                    model, params, opt_state, lrs, wds, examples[idx], labels[idx], total, warmup
+                    model, params, opt_state, hyper, examples[idx], labels[idx], total, warmup
                 )
         return params
 
@@ -205,15 +208,21 @@ class AttentiveProbe:
         return self.epochs * steps_per_epoch, int(round(self.warmup_epochs * steps_per_epoch))
 
     def start(self, model: AttentiveClassifier, sample, grid: list[tuple[float, float]]):
-        """(params, optimizer state, lrs, wds) of the probes of `grid`, stacked on a leading
-        probe axis; `sample`: one example's tokens [1, L, D]."""
-        lrs = jnp.asarray([lr for lr, _ in grid], jnp.float32)
-        wds = jnp.asarray([wd for _, wd in grid], jnp.float32)
+        """(params, optimizer state, hyperparameters) of the probes of `grid`, stacked on a
+        leading probe axis; `sample`: one example's tokens [1, L, D]."""
+        final = self.final_weight_decay
+        hyper = {
+            "lr": [lr for lr, _ in grid],
+            "wd": [wd for _, wd in grid],
+            "final_wd": [wd if final is None else final for _, wd in grid],
+            "clip": [np.inf if self.clip_norm is None else self.clip_norm] * len(grid),
+        }
+        hyper = {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
         # One compiled init called once per probe (a vmapped init compiles about twice as long).
         keys = jax.random.split(jax.random.key(self.seed), len(grid))
         inits = [_init(model, key, sample) for key in keys]
         params = jax.tree.map(lambda *p: np.stack(p), *inits)
-        return params, _init_optimizer(params, lrs, wds), lrs, wds
+        return params, _init_optimizer(params, hyper), hyper
 
     def predict(self, model: AttentiveClassifier, params, x: np.ndarray) -> np.ndarray:
         """View-averaged probabilities [P, N, C] of every probe for tokens [N, V, L, D], in
@@ -226,16 +235,27 @@ class AttentiveProbe:
         return out["probs"].swapaxes(0, 1)
 
 
-def _optimizer(lr, wd, total=1, warmup=0) -> optax.GradientTransformation:
-    """AdamW, lr linear warmup then cosine to 0; lr, wd, total and warmup may be traced, so
-    one compiled step serves every grid and schedule length."""
+def _optimizer(hyper: dict, total=1, warmup=0) -> optax.GradientTransformation:
+    """AdamW with gradients clipped to `clip`, lr linear warmup then cosine to 0, weight decay
+    on a cosine from `wd` to `final_wd`; every value may be traced, so one compiled step serves
+    every grid and schedule length."""
+    lr, wd, final_wd = hyper["lr"], hyper["wd"], hyper["final_wd"]
 
     def schedule(step):
         warm = step / jnp.maximum(warmup, 1)
         progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1), 0.0, 1.0)
         return lr * jnp.where(step < warmup, warm, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
 
-    return optax.adamw(schedule, weight_decay=wd, mask=optim.kernel_mask)
+    def decay(step):
+        progress = jnp.clip(step / jnp.maximum(total, 1), 0.0, 1.0)
+        return final_wd + (wd - final_wd) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+    return optax.chain(
+        optax.clip_by_global_norm(hyper["clip"]),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(decay, mask=optim.kernel_mask),
+        optax.scale_by_learning_rate(schedule),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -244,37 +264,38 @@ def _init(model: AttentiveClassifier, key, sample):
 
 
 @jax.jit
-def _init_optimizer(params, lrs, wds):
-    return jax.vmap(lambda p, lr, wd: _optimizer(lr, wd).init(p))(params, lrs, wds)
+def _init_optimizer(params, hyper):
+    return jax.vmap(lambda p, h: _optimizer(h).init(p))(params, hyper)
 
 
-def _step(model: AttentiveClassifier, params, opt_state, lrs, wds, xb, yb, total, warmup):
-    """One step of every probe: vmap over the leading probe axis of params, state, lr and wd."""
+def _step(model: AttentiveClassifier, params, opt_state, hyper, xb, yb, total, warmup):
+    """One step of every probe: vmap over the leading probe axis of params, state and
+    hyperparameters."""
 
-    def one(p, o, lr, wd):
+    def one(p, o, h):
         def loss_fn(p):
             logits = model.apply({"params": p}, xb)
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(p)
-        updates, o = _optimizer(lr, wd, total, warmup).update(grads, o, p)
+        updates, o = _optimizer(h, total, warmup).update(grads, o, p)
         return optax.apply_updates(p, updates), o, loss
 
-    return jax.vmap(one)(params, opt_state, lrs, wds)
+    return jax.vmap(one)(params, opt_state, hyper)
 
 
 _train_step = jax.jit(_step, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _augmented_step(probe: AttentiveProbe, model, state, lrs, wds, x, y, total, warmup):
+def _augmented_step(probe: AttentiveProbe, model, state, hyper, x, y, total, warmup):
     """`_step` on the tokens [B, (S * V,) n, D] of an augmented batch: segments grouped, each
     spatial view an example."""
     x = probe.group_segments(x if x.ndim == 4 else x[:, None], "train")
     n, views = x.shape[:2]
     examples = x.reshape(n * views, *x.shape[2:]).astype(jnp.float32)
     params, opt_state, _ = _step(
-        model, *state, lrs, wds, examples, jnp.repeat(y, views), total, warmup
+        model, *state, hyper, examples, jnp.repeat(y, views), total, warmup
     )
     return params, opt_state
 
