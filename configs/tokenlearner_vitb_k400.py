@@ -33,13 +33,11 @@ does so on synthetic data.
 
 Differences from scenic: vrl's ViT has no class token, it classifies the mean of the final
 tokens (scenic's classifier='gap'; ViViT's configs use 'token'), and the converter drops the
-class token. Augmentation: scenic (DMVR) resizes the short side to 256, jitters each side's scale
-by 0.9-1.33, crops 224 and flips, then with p=0.8 brightness (+-32/255, additive), saturation
-and contrast (0.6-1.4, per frame), hue (0.2) and with p=0.1 grayscale; vrl has no scale-jitter
-crop, so a random_resized_crop over the same range of box sides and aspects stands in, and
-brightness is multiplicative (+-12.5%: 32/255 at white), contrast over the clip. Test:
-scenic's multi-crop test (4 clips x 3 crops) is a probe-time choice; the in-run test is one
-centre clip.
+class token. Augmentation as scenic's (DMVR): the short side resized to 256, each side's scale
+jittered by 0.9-1.33 and a 224 crop (`scale_jitter_crop`), flip, then with p=0.8 DMVR's colour
+augmentation (`dmvr_color`: brightness +-32/255, saturation and contrast 0.6-1.4, hue 0.2) and
+with p=0.1 grayscale. Test: scenic's multi-crop test (4 clips x 3 crops) is a probe-time
+choice; the in-run test is one centre clip.
 """
 
 import os
@@ -60,12 +58,9 @@ def get_config(arg=None):
         test_split="validation",
         batch_size=64,
         train_pp=(
-            "uniform_clip(frames=32, stride=2)"
-            "|random_resized_crop(size=224, area=(0.25, 0.7), aspect=(0.68, 1.48))"
-            "|flip(p=0.5)"
-            "|color_jitter(p=0.8, brightness=0.125, contrast=0.4, saturation=0.4, hue=0.2, "
-            'random_order=False, style="tf")'
-            "|grayscale(p=0.1)"
+            "uniform_clip(frames=32, stride=2)|resize_short(size=256)"
+            "|scale_jitter_crop(size=224, scale=(0.9, 1.33), p=1.0)|flip(p=0.5)"
+            "|dmvr_color(p=0.8)|grayscale(p=0.1)"
         ),
         test_pp="center_clip(frames=32, stride=2)|resize_short(size=256)|center_crop(size=224)",
         num_workers=16,

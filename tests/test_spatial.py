@@ -453,3 +453,74 @@ def test_chain_views_and_errors():
         run(spatial.flip(), still_video()[0])
     with pytest.raises(ValueError, match="hue"):
         color.color_jitter(hue=0.7)
+
+
+def test_scale_jitter_crop_reads_a_box_of_the_jittered_scale():
+    """DMVR: each side resized by U(0.9, 1.33), then a 224 crop: the crop covers 224 / factor
+    source pixels per side, anywhere in the frame; the output reads that box."""
+    y, x = np.mgrid[0:256, 0:320]
+    image = np.stack([x * 255 // 319, y, np.zeros_like(x)], -1).astype(np.uint8)
+    video = np.broadcast_to(image, (1, 2, 256, 320, 3)).copy()
+    op = spatial.scale_jitter_crop(size=224, scale=(0.9, 1.33), p=1.0)
+    heights, widths = [], []
+    for seed in range(40):
+        left, top, right, bottom = _box_of(op, seed, 256, 320)
+        assert 0 <= left < right <= 320 and 0 <= top < bottom <= 256
+        heights.append(bottom - top)
+        widths.append(right - left)
+        if seed < 3:
+            out = run(op, video, seed)["video"]
+            assert out.shape == (1, 2, 224, 224, 3)
+            g = out[0, 0, ..., 1].astype(int)
+            assert abs(g.min() - top) <= 3 and abs(g.max() - (bottom - 1)) <= 3
+    assert 224 / 1.33 - 1 <= min(heights) and max(heights) <= 256
+    assert 224 / 1.33 - 1 <= min(widths) and max(widths) <= 224 / 0.9 + 1
+    assert abs(np.corrcoef(heights, widths)[0, 1]) < 0.5  # independent factors per side
+    assert run(spatial.scale_jitter_crop(size=224, p=0.0), video)["video"].shape[2:4] == (224, 224)
+    with pytest.raises(ValueError, match="scale_jitter_crop: crop 224 is larger"):
+        run(spatial.scale_jitter_crop(size=224, scale=(0.5, 0.6), p=1.0), video)
+
+
+def _box_of(op, seed, height, width):
+    """The box `op` draws for one view with this seed (replaying its draws)."""
+    boxes = []
+    original = spatial._crop_views
+    try:
+        spatial._crop_views = lambda video, box, size: boxes.append(box(height, width)) or video
+        op(
+            {"id": "clip", "video": np.zeros((1, 1, height, width, 3), np.uint8)},
+            np.random.default_rng(seed),
+        )
+    finally:
+        spatial._crop_views = original
+    return boxes[0]
+
+
+def test_dmvr_color_is_color_default_augm():
+    import colorsys
+
+    video = still_video(views=1, frames=2, height=4, width=3, seed=6)
+    video[0, 1] = video[0, 1] // 2 + 60  # frames with different means: contrast is per frame
+    op = color.dmvr_color(p=1.0)
+    out = run(op, video, 11)["video"][0].astype(np.float64)
+    rng = np.random.default_rng(11)
+    rng.random(1)  # the p coin
+    shift = rng.uniform(-32 / 255, 32 / 255, 1)[0]
+    sat, con, turn = (
+        rng.uniform(0.6, 1.4, 1)[0],
+        rng.uniform(0.6, 1.4, 1)[0],
+        rng.uniform(-0.2, 0.2, 1)[0],
+    )
+    x = video[0].astype(np.float64) / 255 + shift  # tf.image.adjust_brightness: additive
+    hsv = np.array([colorsys.rgb_to_hsv(*px) for px in x.reshape(-1, 3)])
+    hsv[:, 1] = np.clip(hsv[:, 1] * sat, 0, 1)
+    x = np.array([colorsys.hsv_to_rgb(*px) for px in hsv]).reshape(x.shape)
+    mean = x.mean(axis=(1, 2), keepdims=True)  # per frame, per channel
+    x = (x - mean) * con + mean
+    hsv = np.array([colorsys.rgb_to_hsv(*px) for px in x.reshape(-1, 3)])
+    hsv[:, 0] = (hsv[:, 0] + turn) % 1
+    x = np.array([colorsys.hsv_to_rgb(*px) for px in hsv]).reshape(x.shape)
+    expected = np.clip(x, 0, 1) * 255
+    np.testing.assert_allclose(out, expected, atol=0.51)
+    with pytest.raises(ValueError, match="dmvr_color.contrast"):
+        color.dmvr_color(contrast=(1.2, 0.8))

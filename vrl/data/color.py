@@ -139,7 +139,7 @@ def _adjust_hsv(x: np.ndarray, hue: float = 0.0, saturation: float = 1.0) -> np.
     h += 6.0 * hue
     np.mod(h, 6.0, out=h)
     if saturation != 1.0:
-        chroma = np.minimum(chroma * saturation, value)
+        chroma = np.minimum(chroma * saturation, np.maximum(value, 0.0))  # S = 0 where V <= 0
     out = np.empty_like(x)
     for channel, n in enumerate((5.0, 3.0, 1.0)):
         k = np.mod(h + n, 6.0)
@@ -163,6 +163,49 @@ _JITTERS = {
     },
 }
 _JITTER_ORDER = ("brightness", "contrast", "saturation", "hue")
+
+
+@registry.register("transform", "dmvr_color")
+def dmvr_color(
+    p: float | tuple[float, ...] = 0.8,
+    brightness: float = 32 / 255,
+    saturation: tuple[float, float] = (0.6, 1.4),
+    contrast: tuple[float, float] = (0.6, 1.4),
+    hue: float = 0.2,
+) -> Op:
+    """DMVR's `color_default_augm` (scenic's ViViT recipes), with probability p per view, one
+    draw for all its frames: brightness + U(-b, b) of full scale, HSV saturation x U(saturation)
+    (clipped to [0, 1]), contrast x U(contrast) around each frame's channel means (tf.image on
+    a [T, H, W, 3] video), HSV hue + U(-hue, hue) turns, in that order; clipped once, at the
+    end."""
+    if brightness < 0 or not 0 <= hue <= 0.5:
+        raise ValueError(
+            f"dmvr_color: need brightness >= 0 and hue in [0, 0.5], got {brightness}, {hue}"
+        )
+    for name, (low, high) in (("saturation", saturation), ("contrast", contrast)):
+        if not 0 <= low <= high:
+            raise ValueError(f"dmvr_color.{name}: need 0 <= min <= max, got {(low, high)}")
+
+    def op(example: dict, rng: np.random.Generator) -> dict:
+        video = checked_video(example, "dmvr_color")
+        views = video.shape[0]
+        apply = coin(rng, p, views, "dmvr_color.p")
+        shift = rng.uniform(-brightness, brightness, views) * 255.0
+        sat = rng.uniform(*saturation, views)
+        con = rng.uniform(*contrast, views)
+        turn = rng.uniform(-hue, hue, views)
+        if not apply.any():
+            return example
+        out = video.copy()
+        for v in np.flatnonzero(apply):
+            x = video[v].astype(np.float32) + np.float32(shift[v])
+            x = adjust_saturation_hsv(x, float(sat[v]))
+            x = np.stack([adjust_contrast_per_channel(frame, float(con[v])) for frame in x])
+            x = adjust_hue(x, float(turn[v]))
+            out[v] = _to_uint8(np.clip(x, 0.0, 255.0))
+        return {**example, "video": out}
+
+    return op
 
 
 @registry.register("transform", "grayscale")

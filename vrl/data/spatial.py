@@ -165,6 +165,43 @@ def sample_crop_box_tf(
     return 0, 0, width, height
 
 
+@registry.register("transform", "scale_jitter_crop")
+def scale_jitter_crop(
+    size: int = 224, scale: tuple[float, float] = (0.8, 1.2), p: float = 0.8
+) -> Op:
+    """DMVR's `scale_jitter_augm` then its random crop (scenic's ViViT train crop): with
+    probability p a view is resized by factors drawn independently for height and width from
+    U(scale) (sizes truncated, as tf.cast), then cut to size x size at a uniform position. The
+    crop is read from the source frames (the box mapped back, within a pixel) and resized
+    once."""
+    _check_positive("scale_jitter_crop.size", size)
+    if not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"scale_jitter_crop.scale: need 0 < min <= max, got {scale}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"scale_jitter_crop.p: must be in [0, 1], got {p}")
+
+    def op(example: dict, rng: np.random.Generator) -> dict:
+        video = checked_video(example, "scale_jitter_crop")
+
+        def box(height: int, width: int) -> tuple[int, int, int, int]:
+            h_scale, w_scale = rng.uniform(scale[0], scale[1], 2)
+            jitter = rng.random() < p
+            h, w = (int(h_scale * height), int(w_scale * width)) if jitter else (height, width)
+            _check_fits("scale_jitter_crop", size, h, w)
+            top, left = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+            fy, fx = height / h, width / w
+            return (
+                round(left * fx),
+                round(top * fy),
+                min(width, round((left + size) * fx)),
+                min(height, round((top + size) * fy)),
+            )
+
+        return {**example, "video": _crop_views(video, box, size)}
+
+    return op
+
+
 @registry.register("transform", "multi_scale_crop")
 def multi_scale_crop(
     size: int = 224,
