@@ -104,6 +104,25 @@ def test_multiview_clips_evenly_spaced_and_deterministic():
     assert single["temporal/start"][0] == max_start // 2
 
 
+def test_multiview_clips_in_segments_as_vjepa():
+    """jepa `VideoDataset` with num_clips: window i inside part i of the video, at the part's
+    start for testing, at a uniform offset that keeps it in the part for training."""
+    n, frames, stride, clips = 640, 16, 4, 8  # parts of 80 frames, windows of 61
+    span = temporal.window_span(frames, stride)
+    test = temporal.multiview_clips(clips, frames, stride, segments=True)(video(n), None)
+    np.testing.assert_array_equal(test["temporal/start"], np.arange(clips) * 80)
+    train = temporal.multiview_clips(clips, frames, stride, segments=True, random=True)
+    offsets = []
+    for seed in range(200):
+        starts = train(video(n), np.random.default_rng(seed))["temporal/start"]
+        offsets.append(starts - np.arange(clips) * 80)
+    offsets = np.array(offsets)
+    assert offsets.min() == 0 and offsets.max() == 80 - span  # every offset reachable, in part
+    assert len(np.unique(offsets[:, 0])) > 10
+    with pytest.raises(ValueError, match="random: needs segments=True"):
+        temporal.multiview_clips(random=True)
+
+
 def test_center_clip_is_centred():
     example = temporal.center_clip(frames=16, stride=2)(video(101), None)
     first, last = example["frame_indices"][0, [0, -1]]

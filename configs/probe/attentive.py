@@ -17,8 +17,9 @@ of train, 20 epochs without warmup, batch 256 (4 x 64 GPUs), 16 heads (the ViT-L
 segment RandAugment rand-m7-n4-mstd0.5, a random resized crop of area (0.08, 1) and aspect
 (3/4, 4/3) to 224, no flip, random erasing with p 0.25; the frozen encoder runs at every step.
 As jepa's `init_opt`, weight decay follows a cosine to 1e-6 and gradients are clipped at 1.
-jepa draws each segment's window at random inside its eighth of the video; here the 8 windows
-are evenly spaced (`multiview_clips`). Testing: 8 segments x 3 views, 224 crops, cached. Token
+As jepa's `VideoDataset`, each of the 8 windows lies in its own eighth of the video, at a
+random offset for training and at the start of the eighth for testing
+(`multiview_clips(segments=True)`). Testing: 8 segments x 3 views, 224 crops, cached. Token
 caches are [N, V, n, D] on the host, so large test sets need a machine with the memory.
 
 `probe.train_augmented=True` (one (lr, wd) point) trains on augmented clips of `train_pp` every
@@ -50,13 +51,13 @@ def get_config(arg=None):
             clip_norm=1.0,
         )
         c.train_pp = (
-            "multiview_clips(num_clips=8, frames=16, stride=4)"
+            "multiview_clips(num_clips=8, frames=16, stride=4, segments=True, random=True)"
             "|rand_augment(num_ops=4, magnitude=7, magnitude_std=0.5)"
             "|random_resized_crop(size=224, area=(0.08, 1.0), aspect=(0.75, 1.3333333333333333))"
             "|random_erasing(p=0.25)"
         )
         c.test_pp = (
-            "multiview_clips(num_clips=8, frames=16, stride=4)|resize_short(size=224)"
-            "|three_crop(size=224)"
+            "multiview_clips(num_clips=8, frames=16, stride=4, segments=True)"
+            "|resize_short(size=224)|three_crop(size=224)"
         )
     return c

@@ -127,18 +127,36 @@ def cvrl_clips(frames: int = 16, stride: int = 2, power: float = 1.0, short: Sho
 
 @temporal_op("multiview_clips")
 def multiview_clips(
-    num_clips: int = 10, frames: int = 16, stride: int = 2, short: Short = "loop"
+    num_clips: int = 10,
+    frames: int = 16,
+    stride: int = 2,
+    short: Short = "loop",
+    segments: bool = False,
+    random: bool = False,
 ) -> Op:
-    """`num_clips` windows with evenly spaced starts from the first to the last (testing)."""
+    """`num_clips` windows with evenly spaced starts from the first to the last (testing).
+
+    `segments=True`: the video is cut into `num_clips` equal parts and window i starts at the
+    start of part i, or (`random=True`) at a uniform offset inside it that keeps the window
+    in the part where it fits: V-JEPA's `VideoDataset` with `num_clips` segments (random
+    offsets for training, part starts for testing).
+    """
     _check_window("multiview_clips", frames, stride)
     if num_clips < 1:
         raise ValueError(f"multiview_clips.num_clips: must be >= 1, got {num_clips}")
+    if random and not segments:
+        raise ValueError("multiview_clips.random: needs segments=True (random offsets per part)")
     span = window_span(frames, stride)
 
     def op(example: dict, rng: np.random.Generator) -> dict:
         n = num_frames(example, "multiview_clips")
         max_start = max(n - span, 0)
-        if num_clips == 1:
+        if segments:
+            part = n // num_clips
+            starts = np.arange(num_clips, dtype=np.int64) * part
+            if random:
+                starts += rng.integers(0, max(part - span, 0) + 1, num_clips)
+        elif num_clips == 1:
             starts = np.array([max_start // 2])
         else:
             starts = np.round(np.linspace(0, max_start, num_clips)).astype(np.int64)
