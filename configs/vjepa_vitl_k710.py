@@ -93,10 +93,11 @@ def get_config(arg=None):
         schedule_scale=1.25,
         weight_decay=0.04,
         weight_decay_end=0.4,
-        # `clip_grad: 10.0`. The release clips the encoder's and the predictor's gradient
-        # norms separately and only once `epoch > warmup` (from step 12.3k); vrl clips their
-        # joint norm from step 0, which clips at least as often.
+        # `clip_grad: 10.0`, applied as `app/vjepa/train.py` does: the encoder's and the
+        # predictor's gradient norms separately, once `epoch > warmup` (41 x 300 iterations).
         clip_norm=10.0,
+        clip_per_module=True,
+        clip_from_steps=12_300,
     )
     c.ckpt.every_steps = 2000
     if args.runlocal:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vrl import config as config_lib
+from vrl import optim as optim_lib
 from vrl.data.pipeline import parse_pp
 from vrl.data.types import ClipSpec
 from vrl.durations import RunLength
@@ -65,10 +66,24 @@ def test_mask_tokens_start_at_zero():
     assert tokens.shape == (2, predictor.width) and not tokens.any()
 
 
-def test_gradient_clipping_is_the_releases_threshold():
-    """`clip_grad: 10.0` (the release clips encoder and predictor norms separately, after the
-    warmup epochs; vrl clips their joint norm throughout: see the config's comment)."""
-    assert recipe("vjepa_vitl_k710.py").optim.clip_norm == 10.0
+def test_gradient_clipping_is_the_releases():
+    """`clip_grad: 10.0`, encoder and predictor norms clipped separately, once `epoch >
+    warmup` (40 warmup epochs of 300 iterations: from iteration 12,300)."""
+    optim = recipe("vjepa_vitl_k710.py").optim
+    assert (optim.clip_norm, optim.clip_per_module, optim.clip_from_steps) == (10.0, True, 12_300)
+    tx = optim_lib.clip_by_norm(10.0, per_module=True, from_step=2)
+    grads = {"encoder": {"w": jnp.full(4, 10.0)}, "predictor": {"w": jnp.full(4, 1.0)}}
+    state = tx.init(grads)
+    for step in range(3):
+        out, state = tx.update(grads, state)
+        encoder_norm = float(jnp.linalg.norm(out["encoder"]["w"]))
+        predictor_norm = float(jnp.linalg.norm(out["predictor"]["w"]))
+        assert predictor_norm == pytest.approx(2.0)  # under 10: untouched
+        assert encoder_norm == pytest.approx(20.0 if step < 2 else 10.0, rel=1e-5)
+    joint = optim_lib.clip_by_norm(10.0, per_module=False, from_step=0)
+    out, _ = joint.update(grads, joint.init(grads))
+    norm = jnp.sqrt(sum(jnp.sum(g["w"] ** 2) for g in out.values()))
+    assert float(norm) == pytest.approx(10.0, rel=1e-5)
 
 
 def reference_momentum(ema, ipe, num_epochs, ipe_scale):

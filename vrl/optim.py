@@ -7,7 +7,7 @@ tokens), as in every recipe we follow.
 
 import dataclasses
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,12 @@ class OptimConfig:
     eps: float = 1e-8
     trust_coefficient: float = 0.001
     clip_norm: float | None = None
+    # Clip each top-level part of the parameters (V-JEPA: encoder, predictor) to clip_norm on
+    # its own, instead of their joint norm; and start clipping only at this step or epoch
+    # (V-JEPA: `epoch > warmup`). Defaults: joint norm, from the first step.
+    clip_per_module: bool = False
+    clip_from_steps: int | None = None
+    clip_from_epochs: float | None = None
     # Layer-wise lr decay (fine-tuning): a parameter in layer i of L gets lr * decay^(L + 1 - i).
     layer_decay: float | None = None
     # Micro-batches per step: the batch is split and gradients summed inside one jitted step.
@@ -111,7 +117,10 @@ def make(
     lr = learning_rate(cfg, length)
     wd = weight_decay(cfg, length.total_steps)
     parts = []
-    if cfg.clip_norm is not None:
+    clip_from = length.steps(cfg, "clip_from", "config.optim", default=0)
+    if cfg.clip_norm is not None and (cfg.clip_per_module or clip_from):
+        parts.append(clip_by_norm(cfg.clip_norm, cfg.clip_per_module, clip_from))
+    elif cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     if cfg.name == "sgd":
         # L2 regularisation as in the CVRL release: decay added to the gradient before momentum.
@@ -156,5 +165,35 @@ def _scale_by_layer(decay: float, layer_ids: Callable) -> optax.GradientTransfor
     def update(updates, state, params=None):
         ids, num_layers = layer_ids(updates)
         return jax.tree.map(lambda u, i: u * decay ** (num_layers + 1 - i), updates, ids), state
+
+    return optax.GradientTransformation(init, update)
+
+
+class ClipState(NamedTuple):
+    count: jax.Array  # updates made so far
+
+
+def clip_by_norm(max_norm: float, per_module: bool, from_step: int):
+    """Gradients scaled to at most `max_norm` of global norm (per top-level part of the tree
+    with `per_module`), from update `from_step` on; as torch's `clip_grad_norm_`, the scale
+    is max_norm / (norm + 1e-6) where that is below 1."""
+
+    def clip(tree, active):
+        norm = optax.global_norm(tree)
+        scale = jnp.where(active, jnp.minimum(1.0, max_norm / (norm + 1e-6)), 1.0)
+        return jax.tree.map(lambda g: (g * scale).astype(g.dtype), tree)
+
+    def init(params):
+        del params
+        return ClipState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        active = state.count >= from_step
+        if per_module:
+            updates = {name: clip(part, active) for name, part in updates.items()}
+        else:
+            updates = clip(updates, active)
+        return updates, ClipState(count=state.count + 1)
 
     return optax.GradientTransformation(init, update)
