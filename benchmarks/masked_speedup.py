@@ -12,8 +12,9 @@ positions) stays. Goal: measured speedup >= 0.6 x the analytic FLOP ratio (vrl/f
 import jax.numpy as jnp
 from absl import app, flags
 
-from benchmarks import common, flops
+from benchmarks import common
 from vrl import config as config_lib
+from vrl import flops
 from vrl.objectives import base
 
 _SIZE = flags.DEFINE_enum("size", "S", ["Ti", "S", "B"], "ViT size.")

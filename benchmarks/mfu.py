@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
-from vrl import flops as flops_lib
 from vrl import config as config_lib
+from vrl import flops as flops_lib
 from vrl import metrics, registry
 from vrl.objectives import base, jepa
 

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks import common, flops
+from benchmarks import common
 from vrl import config as config_lib
+from vrl import flops
 from vrl.models import vit
 from vrl.objectives import base
 
