@@ -376,15 +376,21 @@ def tree_metadata(mngr, step: int):
     return getattr(meta, "tree", meta)
 
 
-def restore_partial(workdir: str, step: int, target: dict):
+def restore_partial(workdir: str, step: int, target: dict, convert=None):
     """Strictly restores some top-level entries of the train state (e.g. "params", "extra").
 
     `target` maps entries to abstract trees (ShapeDtypeStructs with shardings, or arrays); the
     optimizer state is never read. Every entry must match the saved one leaf for leaf.
+    `convert(tree, like)`, if given, is a layout conversion (e.g. `vit.match_layout`: scanned
+    <-> unrolled blocks): the saved entry is read in its own layout, then converted to the
+    target's; the strict check applies to the target converted to the saved layout.
     """
     verify_step(workdir, step)
     mngr = manager(workdir, read_only=True)
     saved = tree_metadata(mngr, step)
+    wanted = target
+    if convert is not None:
+        target = {key: convert(abstract, saved.get(key)) for key, abstract in target.items()}
     for key, abstract in target.items():
         if key not in saved:
             raise CheckpointError(
@@ -400,6 +406,8 @@ def restore_partial(workdir: str, step: int, target: dict):
         ),
     )[STATE]
     mngr.close()
+    if convert is not None:
+        return {key: convert(restored[key], wanted[key]) for key in target}
     return {key: restored[key] for key in target}
 
 

@@ -29,10 +29,12 @@ AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 
 # Every logical name the models use (vrl/models/layers.py); rules may only name these.
-PARAM_AXES = ("embed", "mlp", "heads", "kv", "conv_in", "conv_out", "classes")
+# "layers" is the stacked axis of scanned blocks (ViT scan_layers): never split.
+PARAM_AXES = ("embed", "mlp", "heads", "kv", "conv_in", "conv_out", "classes", "layers")
 ACTIVATION_AXES = ("batch", "length", "act_embed", "act_mlp", "act_heads", "act_kv")
 
 _BATCH = [("batch", BATCH_AXES)]
+_LAYERS = [("layers", ())]  # scanned blocks' stacked axis: on no mesh axis (never split)
 _FSDP = [("embed", "fsdp"), ("conv_out", "fsdp")]
 _TENSOR = [
     ("mlp", "model"),
@@ -41,10 +43,10 @@ _TENSOR = [
     ("act_heads", "model"),
 ]
 RULES = {
-    "data": _BATCH,
-    "fsdp": _BATCH + _FSDP,
-    "tensor": _BATCH + _TENSOR,
-    "fsdp_tensor": _BATCH + _FSDP + _TENSOR,
+    "data": _BATCH + _LAYERS,
+    "fsdp": _BATCH + _LAYERS + _FSDP,
+    "tensor": _BATCH + _LAYERS + _TENSOR,
+    "fsdp_tensor": _BATCH + _LAYERS + _FSDP + _TENSOR,
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import state
-from vrl.models import layers
+from vrl.models import layers, vit
 from vrl.objectives import base
 
 
@@ -79,8 +79,12 @@ def encoder_module(objective: base.Objective, which: str) -> nn.Module:
 def restore_variables(workdir: str, step: int, objective: base.Objective, meta: dict):
     """(params, extra) of a checkpoint as host arrays, strictly checked against `objective`."""
     abstract_params, abstract_extra = abstract_variables(objective, meta)
+    # A checkpoint saved with the other `scan_layers` layout is converted (vit.match_layout).
     restored = ckpt_lib.restore_partial(
-        workdir, step, {"params": abstract_params, "extra": abstract_extra}
+        workdir,
+        step,
+        {"params": abstract_params, "extra": abstract_extra},
+        convert=vit.match_layout,
     )
     return restored["params"], restored["extra"]
 
@@ -130,6 +134,7 @@ def initial_variables(objective: base.Objective, params, extra):
         loaded = jax.device_get(load_encoder(source.workdir, source.step, source.which).variables)
         loaded = _without(loaded, source)
         current = objective.encoder_variables(params, extra, which)
+        loaded = vit.match_layout(loaded, current)  # scanned <-> unrolled blocks
         ckpt_lib.check_matches(loaded, current, f"{which} from {source.workdir}")
         params, extra = objective.set_encoder_variables(params, extra, which, loaded)
     return params, extra

@@ -6,6 +6,7 @@ compute scales with the visible fraction. The `Block`, `Attention`, `Mlp` and
 `sincos_posemb_3d` defined here are reused by the decoder, predictor and attentive pooler.
 """
 
+import re
 from typing import Any, Literal
 
 import einops
@@ -251,7 +252,14 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, positions=None) -> jax.Array:
-        drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train)
+        return self._forward(x, train, positions)
+
+    def _forward(self, x: jax.Array, train: bool, positions, drop_rate=None) -> jax.Array:
+        """The block; `drop_rate` (a traced scalar, scanned blocks) overrides `drop_path`."""
+        if drop_rate is None:
+            drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train)
+        else:
+            drop = lambda y: self._drop_path(y, drop_rate, train)
         norm = lambda name: layers.layer_norm(dtype=self.dtype, epsilon=self.ln_epsilon, name=name)
         y = norm("norm1")(x)
         attention = Attention(self.heads, self.qkv_bias, dtype=self.dtype, name="attention")
@@ -268,16 +276,185 @@ class Block(nn.Module):
         init = layers.partitioned(nn.initializers.constant(0.1), ("embed",))
         return y * self.param(name, init, (y.shape[-1],), jnp.float32).astype(y.dtype)
 
+    def _drop_path(self, y: jax.Array, rate: jax.Array, train: bool) -> jax.Array:
+        """nn.Dropout over whole examples at a traced `rate` (one per scanned layer)."""
+        if not train:
+            return y
+        keep = (1.0 - rate).astype(y.dtype)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0], 1, 1))
+        # keep > 0 always (rates are in [0, drop_path], drop_path < 1); where() keeps the
+        # gradient finite as nn.Dropout's select does.
+        return jnp.where(mask, y / keep, jnp.zeros_like(y))
+
+
+class ScanBlock(Block):
+    """`Block` as the body of `nn.scan`: (x, drop_rate) -> (x, None), `train` an attribute
+    (static under scan and remat), `positions` broadcast to every layer."""
+
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, drop_rate, positions=None):
+        return self._forward(x, self.train, positions, drop_rate), None
+
 
 def block_class(remat: bool = False, policy: RematPolicy = "full") -> type[Block]:
     """`Block`, or `Block` rematerialised per block with a named checkpoint policy."""
     if not remat:
         return Block
+    _check_policy(policy)
+    # static_argnums counts `self` as argument 0: `train` (argument 2) is a Python bool.
+    return nn.remat(Block, static_argnums=(2,), policy=REMAT_POLICIES[policy])
+
+
+def _check_policy(policy: str) -> None:
     if policy not in REMAT_POLICIES:
         allowed = ", ".join(repr(p) for p in REMAT_POLICIES)
         raise ValueError(f"remat_policy {policy!r} is not allowed; allowed: {allowed}")
-    # static_argnums counts `self` as argument 0: `train` (argument 2) is a Python bool.
-    return nn.remat(Block, static_argnums=(2,), policy=REMAT_POLICIES[policy])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scanned blocks (`scan_layers=True`): one `nn.scan` over a run of identical blocks whose
+# parameters are stacked on a leading "layers" axis, so XLA compiles one block instead of
+# `depth` copies (big_vision `Encoder(scan=True)`, MaxText). A run of blocks start..stop-1 is
+# the module `blocks{start}_{stop}`; `scan_params` / `unscan_params` / `match_layout` convert
+# between that layout and the unrolled `block{i}` one, exactly.
+
+SCAN_AXIS = "layers"  # logical name of the stacked axis; every sharding preset maps it to None
+
+
+def scanned_blocks(
+    length: int,
+    *,
+    train: bool,
+    remat: bool = False,
+    policy: RematPolicy = "full",
+    name: str,
+    **block_kwargs,
+) -> nn.Module:
+    """`length` blocks as one scanned module, called as `module(x, drop_rates [length] | None,
+    positions)` and returning (x, None); with `remat` each scanned block is rematerialised."""
+    cls = ScanBlock
+    if remat:
+        _check_policy(policy)
+        cls = nn.remat(ScanBlock, prevent_cse=False, policy=REMAT_POLICIES[policy])
+    scan = nn.scan(
+        cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast),
+        length=length,
+        metadata_params={nn.PARTITION_NAME: SCAN_AXIS},
+    )
+    return scan(train=train, name=name, **block_kwargs)
+
+
+def scan_name(start: int, stop: int) -> str:
+    """Name of the scanned module holding blocks start..stop-1."""
+    return f"blocks{start}_{stop}"
+
+
+_BLOCK = re.compile(r"^block(\d+)$")
+_SCANNED = re.compile(r"^blocks(\d+)_(\d+)$")
+
+
+def _stack(leaves):
+    if all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):  # abstract trees
+        return jax.ShapeDtypeStruct((len(leaves), *leaves[0].shape), leaves[0].dtype)
+    if all(isinstance(x, np.ndarray | np.generic) for x in leaves):  # host arrays stay host
+        return np.stack(leaves)
+    return jnp.stack(leaves)
+
+
+def _index(x, i: int):
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+    return x[i]
+
+
+def _stack_trees(trees):
+    return jax.tree.map(lambda *xs: _stack(xs), *trees)
+
+
+def _scan_level(tree: dict, starts: tuple[int, ...]) -> dict:
+    blocks = {int(m.group(1)): k for k in tree if (m := _BLOCK.match(k))}
+    if not blocks:
+        return tree
+    depth = len(blocks)
+    if sorted(blocks) != list(range(depth)):
+        raise ValueError(f"scan_params: blocks {sorted(blocks)} are not numbered 0..{depth - 1}")
+    bounds = sorted({0, *(s for s in starts if 0 < s < depth), depth})
+    out = {k: v for k, v in tree.items() if not _BLOCK.match(k)}
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        out[scan_name(start, stop)] = _stack_trees([tree[blocks[i]] for i in range(start, stop)])
+    return out
+
+
+def _unscan_level(tree: dict) -> dict:
+    out = {}
+    for key, value in tree.items():
+        m = _SCANNED.match(key)
+        if not m:
+            out[key] = value
+            continue
+        start, stop = int(m.group(1)), int(m.group(2))
+        for i in range(stop - start):
+            out[f"block{start + i}"] = jax.tree.map(lambda x, i=i: _index(x, i), value)
+    return out
+
+
+def _is_dict(x) -> bool:
+    return isinstance(x, dict) or (hasattr(x, "items") and hasattr(x, "keys"))
+
+
+def scan_params(params, starts: tuple[int, ...] = ()):
+    """Unrolled -> scanned layout of one model's parameters (the dict holding `block0` ..
+    `block{n-1}`, e.g. `params["encoder"]`): the blocks stacked into `blocks0_n`, split into
+    several scanned runs at the block numbers in `starts` (e.g. `(tokenlearner_layer,)`).
+    Exact: leaves are stacked, nothing is computed. Trees holding several models (an objective's
+    params) convert with `match_layout`, which follows the layout of a reference tree."""
+    return _scan_level(dict(params), starts)
+
+
+def unscan_params(params):
+    """Scanned -> unrolled layout (the inverse of `scan_params`), anywhere in the tree:
+    `blocks{a}_{b}` -> `block{a}` .. `block{b-1}`, each leaf sliced off the stacked axis."""
+    if not _is_dict(params):
+        return params
+    return _unscan_level({k: unscan_params(v) for k, v in params.items()})
+
+
+def match_layout(tree, like):
+    """`tree` with its blocks converted to the layout of `like` (scanned or unrolled, per dict;
+    scanned runs split as in `like`), where exactly that differs; everything else unchanged,
+    so a strict comparison afterwards still reports any other difference. `like` is only read
+    for its keys (arrays, shape structs or checkpoint metadata)."""
+    if not (_is_dict(tree) and _is_dict(like)):
+        return tree
+    keys = set(tree.keys())
+    like_keys = set(like.keys())
+    if keys != like_keys and _layout_keys(keys) and _layout_keys(like_keys):
+        flat = _unscan_level(dict(tree))
+        starts = tuple(int(m.group(1)) for k in like_keys if (m := _SCANNED.match(k)))
+        converted = _scan_level(flat, starts) if starts else flat
+        if set(converted) == like_keys:
+            tree = converted
+    return {k: match_layout(v, like[k]) if k in like else v for k, v in tree.items()}
+
+
+def _layout_keys(keys) -> bool:
+    return any(_BLOCK.match(k) or _SCANNED.match(k) for k in keys)
+
+
+def layout_differs(tree, like) -> bool:
+    """Whether `match_layout` would change anything (any dict's block keys differ)."""
+    if not (_is_dict(tree) and _is_dict(like)):
+        return False
+    if set(tree.keys()) != set(like.keys()) and (
+        _layout_keys(tree.keys()) or _layout_keys(like.keys())
+    ):
+        return True
+    return any(layout_differs(tree[k], like[k]) for k in tree.keys() & like.keys())
 
 
 class TubeletEmbed(nn.Module):
@@ -389,6 +566,9 @@ class ViT(nn.Module):
     drop_path: float = 0.0
     remat: bool = False
     remat_policy: RematPolicy = "full"
+    # One nn.scan over the blocks (stacked parameters `blocks{a}_{b}`, see `scan_params`):
+    # compile time independent of depth. Unrolled `block{i}` (False) is the default layout.
+    scan_layers: bool = False
     tokenlearner_layer: int | None = None
     tokenlearner_tokens: int = 8
     tokenlearner_version: Literal["1.1", "1.0"] = "1.1"
@@ -415,9 +595,14 @@ class ViT(nn.Module):
             x = gather_tokens(x, keep_idx)
         x = layers.constrain(x, TOKEN_AXES)
 
-        block = block_class(self.remat, self.remat_policy)
         rates = np.linspace(0.0, self.drop_path, depth)  # stochastic depth grows with depth
         layer, grid = self.tokenlearner_layer, (t, h, w)
+        if self.scan_layers:
+            x = self._scanned(x, rates, positions, grid, train)
+            if self.final_norm:
+                x = layers.layer_norm(dtype=self.dtype, epsilon=self.ln_epsilon, name="norm")(x)
+            return layers.constrain(x, TOKEN_AXES)
+        block = block_class(self.remat, self.remat_policy)
         for i in range(depth):
             blk = block(
                 heads,
@@ -440,6 +625,43 @@ class ViT(nn.Module):
         if self.final_norm:
             x = layers.layer_norm(dtype=self.dtype, epsilon=self.ln_epsilon, name="norm")(x)
         return layers.constrain(x, TOKEN_AXES)
+
+    def _scanned(self, x: jax.Array, rates: np.ndarray, positions, grid, train: bool):
+        """The blocks as scanned runs: one, or two around a TokenLearner at `tokenlearner_layer`
+        (the same computation as the unrolled loop; parameters `blocks{a}_{b}`)."""
+        _, depth, heads, mlp_dim = self.dims
+        if self.tokenfuser:
+            raise ValueError(
+                "vit model.scan_layers=True cannot be combined with tokenfuser=True (every "
+                "fused block has its own TokenLearner and TokenFuser); use scan_layers=False"
+            )
+        layer = self.tokenlearner_layer
+        bounds = [0, depth] if layer in (None, 0, depth) else [0, layer, depth]
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            if layer == start and layer is not None:
+                x = self._learn_tokens(self._learner("tokenlearner"), x, grid)
+            if stop == start:
+                continue
+            drop_rates = None
+            if self.drop_path > 0:
+                drop_rates = jnp.asarray(rates[start:stop], jnp.float32)
+            x, _ = scanned_blocks(
+                stop - start,
+                train=train,
+                remat=self.remat,
+                policy=self.remat_policy,
+                heads=heads,
+                mlp_dim=mlp_dim,
+                drop_path=self.drop_path,
+                qkv_bias=self.qkv_bias,
+                ln_epsilon=self.ln_epsilon,
+                layer_scale=self.layer_scale,
+                dtype=self.dtype,
+                name=scan_name(start, stop),
+            )(x, drop_rates, positions)
+        if layer == depth and depth > 0:
+            x = self._learn_tokens(self._learner("tokenlearner"), x, grid)
+        return x
 
     def _learner(self, name: str) -> nn.Module:
         cls = (
@@ -530,6 +752,13 @@ class ViT(nn.Module):
             )
         if self.tokenlearner_layer is None:
             return
+        if self.scan_layers and self.tokenfuser:
+            raise ConfigError(
+                "config.model.scan_layers=True cannot be combined with tokenfuser=True (each "
+                "fused block has its own TokenLearner and TokenFuser); allowed: scan_layers=False, "
+                "or tokenfuser=False (TokenLearner at tokenlearner_layer scans the blocks before "
+                "and after it)"
+            )
         if self.tokenlearner_tokens < 1:
             raise ConfigError(
                 f"config.model.tokenlearner_tokens={self.tokenlearner_tokens}: allowed: >= 1"

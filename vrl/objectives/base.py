@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vrl import config as config_lib
 from vrl import registry
@@ -143,21 +144,30 @@ def check_views(objective: Objective, clip: ClipSpec, views: int) -> None:
 
 def layer_ids(params: PyTree) -> tuple[PyTree, int]:
     """Layer numbers from parameter names: the encoder's stem (`embed`, `stem*`) -> 0, its blocks
-    in network order -> 1..L (ViT `block{i}`; CVRL R3D `res{s}_block{i}` and torchvision
+    in network order -> 1..L (ViT `block{i}`, or a scanned run `blocks{a}_{b}` with one number per
+    stacked layer, shaped to broadcast over the leaf; CVRL R3D `res{s}_block{i}` and torchvision
     `layer{s}_block{i}`, ordered by stage then block), everything else (norms, heads) -> L + 1."""
     stem = re.compile(r"'encoder'.*'(embed|stem[^']*)'")
     block = re.compile(r"'encoder'.*'(?:(?:res|layer)(\d+)_)?block(\d+)'")
+    scanned = re.compile(r"'encoder'.*'blocks(\d+)_(\d+)'")
 
-    def block_key(path) -> tuple[int, int] | None:
-        m = block.search(jax.tree_util.keystr(path))
-        return (int(m.group(1) or 0), int(m.group(2))) if m else None
+    def block_keys(path) -> list[tuple[int, int]]:
+        name = jax.tree_util.keystr(path)
+        if m := scanned.search(name):
+            return [(0, i) for i in range(int(m.group(1)), int(m.group(2)))]
+        m = block.search(name)
+        return [(int(m.group(1) or 0), int(m.group(2)))] if m else []
 
-    keys = {k for p, _ in jax.tree_util.tree_flatten_with_path(params)[0] if (k := block_key(p))}
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    keys = {k for p, _ in flat for k in block_keys(p)}
     order = {key: i + 1 for i, key in enumerate(sorted(keys))}
 
-    def number(path, _):
-        if (key := block_key(path)) is not None:
-            return order[key]
+    def number(path, leaf):
+        if scanned.search(jax.tree_util.keystr(path)):
+            ids = np.array([order[k] for k in block_keys(path)], np.int32)
+            return ids.reshape(-1, *[1] * (len(leaf.shape) - 1))
+        if here := block_keys(path):
+            return order[here[0]]
         return 0 if stem.search(jax.tree_util.keystr(path)) else len(order) + 1
 
     return jax.tree_util.tree_map_with_path(number, params), len(order)
