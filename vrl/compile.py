@@ -33,11 +33,7 @@ from vrl import config as config_lib
 from vrl import flag_errors, flops, metrics, optim, setup, sharding, state
 from vrl.data import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "Cloud TPU type, e.g. v5p-32, v5e-16, v6e-8.")
-_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices (multislice over DCN).")
-_JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this path.")
-
+FLAGS = flags.FLAGS
 GiB = 1024**3
 
 
@@ -298,17 +294,17 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     metrics.quiet_library_logs()
     try:
-        topology = parse_topology(_TOPOLOGY.value or "")
-        result = compile_plan(_CONFIG.value, topology, _NUM_SLICES.value)
+        topology = parse_topology(FLAGS.topology or "")
+        result = compile_plan(FLAGS.config, topology, FLAGS.num_slices)
     except (TopologyError, config_lib.ConfigError, sharding.MeshError) as e:
         flag_errors.fail("config error", e, 2)
     except Exception as e:  # noqa: BLE001 - XLA's own out-of-memory error is the answer
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        flag_errors.fail(f"does not fit on {_TOPOLOGY.value}", _first_line(str(e)), 1)
+        flag_errors.fail(f"does not fit on {FLAGS.topology}", _first_line(str(e)), 1)
     print(format_report(result), flush=True)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
             json.dump(result, f, indent=1)
     sys.exit(0 if result["fits"] else 1)
 
@@ -321,4 +317,9 @@ def _first_line(text: str) -> str:
 
 
 if __name__ == "__main__":
+    # Defined here, not on import: tests import this module next to vrl.main's --config.
+    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+    flags.DEFINE_string("topology", None, "Cloud TPU type, e.g. v5p-32, v5e-16, v6e-8.")
+    flags.DEFINE_integer("num_slices", 1, "Slices (multislice over DCN).")
+    flags.DEFINE_string("json", None, "Write the report as JSON to this path.")
     app.run(main, flags_parser=flag_errors.flags_parser())
