@@ -131,3 +131,17 @@ def test_quickstart_pretraining_beats_random_init_on_motion(tmp_path):
     assert top1("motion_random") < chance + 6
     # 13.7 points on the machine the README's table comes from; some slack for other CPUs.
     assert top1("motion_pretrained") > top1("motion_random") + 8
+
+
+def test_the_data_wait_is_reported_and_warned_about_over_20_percent(caplog):
+    from vrl import train as train_lib
+
+    timers = {"time/steps": 6.0, "time/data_wait": 3.0, "time/ckpt": 1.0, "time/eval": 0.0}
+    with caplog.at_level("INFO"):
+        assert train_lib._report_data_wait(timers, 0) == pytest.approx(0.3)
+    assert "waited for data 30% of the loop" in caplog.text
+    assert "config.data.num_workers=0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert train_lib._report_data_wait({**timers, "time/data_wait": 1.0}, 4) == 0.125
+    assert "Waited for data 12% of the loop" in caplog.text and "bottleneck" not in caplog.text

@@ -26,6 +26,8 @@ from vrl.preemption import Preemption
 from vrl.setup import Setup
 from vrl.state import TrainState, batch_spec, check_step, compile_step, make_train_step
 
+DATA_WAIT_WARNING = 0.2  # fraction of the loop spent waiting for data that is worth a warning
+
 
 class Evaluator(Protocol):
     """Measures the current parameters during training (see `vrl.evaluators`)."""
@@ -174,7 +176,8 @@ def _train(s: Setup, workdir: str, evaluators, preemption: Preemption) -> dict:
     preemption.deferred = False
     if preemption.requested_at is not None:  # SIGTERM while the last save was written
         return _exit_preempted(ckpt, writer, total_steps, preemption)
-    writer.write(total_steps, timers)
+    waiting = _report_data_wait(timers, s.data.num_workers)
+    writer.write(total_steps, {**timers, "data/wait_fraction": waiting})
     results = evaluate(total_steps, final=True)
     writer.close()
     ckpt.close()
@@ -189,6 +192,22 @@ def _exit_preempted(ckpt: Checkpointer, writer, step: int, preemption: Preemptio
     writer.close()
     ckpt.close()
     return {"preempted_at_step": step}
+
+
+def _report_data_wait(timers: dict, num_workers: int) -> float:
+    """The fraction of the loop spent waiting for batches; logged, with a warning over 20%."""
+    loop = timers["time/steps"] + timers["time/data_wait"] + timers["time/ckpt"]
+    loop += timers["time/eval"]
+    fraction = timers["time/data_wait"] / loop if loop > 0 else 0.0
+    logging.info("Waited for data %.0f%% of the loop (%.1f s).", 100 * fraction, loop)
+    if fraction > DATA_WAIT_WARNING:
+        logging.warning(
+            "The step waited for data %.0f%% of the loop: the input pipeline is the bottleneck "
+            "(config.data.num_workers=%d; more workers, or a prepared dataset, feed it faster).",
+            100 * fraction,
+            num_workers,
+        )
+    return fraction
 
 
 def _is_scalar(value) -> bool:
