@@ -446,17 +446,6 @@ def _layout_keys(keys) -> bool:
     return any(_BLOCK.match(k) or _SCANNED.match(k) for k in keys)
 
 
-def layout_differs(tree, like) -> bool:
-    """Whether `match_layout` would change anything (any dict's block keys differ)."""
-    if not (_is_dict(tree) and _is_dict(like)):
-        return False
-    if set(tree.keys()) != set(like.keys()) and (
-        _layout_keys(tree.keys()) or _layout_keys(like.keys())
-    ):
-        return True
-    return any(layout_differs(tree[k], like[k]) for k in tree.keys() & like.keys())
-
-
 class TubeletEmbed(nn.Module):
     """Video -> tubelet tokens + position embedding, [B, t, h, w, D].
 
