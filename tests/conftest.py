@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from tests import gcs  # noqa: E402 - points every GCS client at the emulator before any is imported
+
+gcs.configure_environment()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
@@ -14,6 +18,20 @@ jax.config.update("jax_num_cpu_devices", int(os.environ["JAX_NUM_CPU_DEVICES"]))
 # Grain worker processes read absl flags; pytest does not parse them.
 if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """The in-process Cloud Storage emulator (one per session: gcsfs caches its clients)."""
+    server = gcs.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs_dir(gcs_server, request):
+    """A fresh gs:// folder in the emulator's bucket for one test."""
+    return gcs.fresh_folder(request.node.name)
 
 
 @pytest.fixture
