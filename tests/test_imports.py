@@ -26,6 +26,7 @@ LAYERS = (
         "vrl.metrics",
         "vrl.sharding",
         "vrl.flag_errors",
+        "vrl.storage",
     ),
     ("vrl.models", "vrl.data"),
     ("vrl.objectives",),
