@@ -1,5 +1,7 @@
 """Launch scripts: dry runs print the expected commands (golden texts), local.sh runs and stops
-its processes as documented, the SLURM task script hands every task its ids, shellcheck is clean.
+its processes as documented, the SLURM task script hands every task its ids, the TPU launcher
+re-creates a preempted slice and reruns until the run finishes (against a gcloud that acts out
+preemptions on this machine), shellcheck is clean.
 
 Regenerate the golden texts after an intended change with `VRL_UPDATE_GOLDEN=1 pytest ...`.
 """
@@ -16,7 +18,12 @@ import pytest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
-SCRIPTS = ["launch/local.sh", "launch/tpu_pod.sh", "launch/gpu_slurm.sbatch"]
+SCRIPTS = [
+    "launch/local.sh",
+    "launch/tpu_pod.sh",
+    "launch/tpu_worker.sh",
+    "launch/gpu_slurm.sbatch",
+]
 TRAIN_ARGS = [
     "--config=configs/cvrl_k600.py",
     "--workdir=gs://bucket/runs/cvrl",
@@ -152,6 +159,8 @@ def test_tpu_pod_dry_run_single_slice():
             "--name=vrl-cvrl",
             "--zone=us-east5-a",
             "--accelerator=v5p-32",
+            "--queued",
+            "--spot",
             "--dry_run",
             "--",
             *TRAIN_ARGS,
@@ -166,11 +175,14 @@ def test_tpu_pod_dry_run_queued_multislice():
         [
             "launch/tpu_pod.sh",
             "--name=vrl-ms",
-            "--zone=us-east5-a",
-            "--accelerator=v6e-64",
+            "--zone=us-west4-a",
+            "--accelerator=v5litepod-16",
             "--num_slices=2",
             "--spot",
             "--project=my-proj",
+            "--git_ref=v1.2",
+            "--git_url=https://github.com/example/vrl.git",
+            "--max_requeues=3",
             "--dry_run",
             "--",
             *TRAIN_ARGS,
@@ -199,9 +211,132 @@ def test_tpu_pod_existing_and_kept_vm_is_neither_created_nor_deleted():
     assert "tpu-vm ssh v --worker=all --zone=z" in out.stdout
 
 
-def test_tpu_pod_requires_name_zone_accelerator():
-    out = run_script(["launch/tpu_pod.sh", "--zone=z", "--accelerator=v4-8", "--", "--x"])
-    assert out.returncode == 2 and "--name is required" in out.stderr
+def test_tpu_pod_without_queue_creates_a_tpu_vm():
+    out = run_script(
+        ["launch/tpu_pod.sh", "--name=v", "--zone=z", "--accelerator=v6e-8", "--dry_run"]
+        + ["--jax_version=0.11.0", "--", "--workdir", "gs://b/w/"]
+    )
+    assert out.returncode == 0, out.stderr
+    assert "tpu-vm describe v --zone=z '--format=value(state)'" in out.stdout
+    assert (
+        "tpu-vm create v --zone=z --accelerator-type=v6e-8 --version=v2-alpha-tpuv6e" in out.stdout
+    )
+    assert "'\\''jax[tpu]==0.11.0'\\''" in out.stdout  # after the pinned requirements
+    assert "gs://b/w/launch/code.tar.gz" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--zone=z", "--accelerator=v4-8", "--", "--x"], "--name is required"),
+        (["--name=n", "--zone=z", "--accelerator=v4-8", "--", "--workdir=/tmp/w"], "gs://BUCKET"),
+        (["--name=n", "--zone=z", "--accelerator=v4-8", "--", "--workdir=gs:/b/w"], "gs://BUCKET"),
+        (["--name=n", "--zone=z", "--accelerator=a", "--max_requeues=-1", "--"], "--max_requeues"),
+    ],
+)
+def test_tpu_pod_rejects_bad_arguments_in_one_line(args, message):
+    out = run_script(["launch/tpu_pod.sh", *args])
+    assert out.returncode == 2 and message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# Stands in for gcloud: the slice is a state file, buckets are folders under $FAKE/gcs, and ssh
+# runs the training command here (the setup, which downloads, is skipped).
+echo "gcloud $*" >>"$FAKE/calls"
+local_path() { echo "$FAKE/gcs/${1#gs://}"; }
+case "$1 $2" in
+  "storage buckets") exit 0 ;;
+  "storage cp") dst="$(local_path "$4")"; mkdir -p "$(dirname "$dst")"; exec cp "$3" "$dst" ;;
+  "storage cat") exec cat $(local_path "$3") ;;
+  "storage ls")
+    path="$(local_path "$3")"
+    [[ -d "$path" ]] || exec ls "$path" >/dev/null
+    for entry in "$path"/*; do [[ -d "$entry" ]] && echo "${3%/}/${entry##*/}/"; done
+    exit 0 ;;
+esac
+case "$4" in
+  describe) exec cat "$FAKE/state" ;;
+  create) echo ACTIVE >"$FAKE/state" ;;
+  delete) rm "$FAKE/state" ;;
+  ssh)
+    for a in "$@"; do case "$a" in --command=*) command="${a#--command=}" ;; esac; done
+    [[ "$command" == *"uv venv"* ]] || HOME="$FAKE/home" exec bash -c "$command" ;;
+esac
+"""
+FAKE_TPU_TRAINER = """#!/usr/bin/env bash
+# Stands in for the trainer on every attempt: does what the next line of $FAKE/runs says.
+what="$(head -n 1 "$FAKE/runs")"
+sed -i 1d "$FAKE/runs"
+echo "trainer $what: $*"
+case "$what" in
+  notice) echo "W1207 train.py:190] Saved step 4 after the preemption notice; exiting." ;;
+  lost) echo SUSPENDED >"$FAKE/state"; exit 137 ;;
+  preempted) echo SUSPENDED >"$FAKE/state"; echo "Preempted: SIGTERM outside the training loop" ;;
+  config) echo "config error: config.optim.lr must be > 0" >&2; exit 2 ;;
+esac
+"""
+
+
+def fake_cloud(tmp_path, runs: list[str]) -> dict:
+    """A gcloud and a trainer that act out `runs`, one attempt each, for the launcher's loop."""
+    fake = tmp_path / "fake"
+    if not fake.exists():
+        (fake / "bin").mkdir(parents=True)
+        (fake / "home" / "vrl-env" / "bin").mkdir(parents=True)
+        (fake / "home" / "vrl").symlink_to(REPO)
+    executable(fake / "bin" / "gcloud", FAKE_GCLOUD)
+    executable(fake / "home" / "vrl-env" / "bin" / "python", FAKE_TPU_TRAINER)
+    (fake / "runs").write_text("".join(f"{r}\n" for r in runs))
+    return {"FAKE": str(fake), "PATH": f"{fake / 'bin'}:{os.environ['PATH']}"}
+
+
+def launch(tmp_path, runs: list[str], *flags: str):
+    env = fake_cloud(tmp_path, runs)
+    out = run_script(
+        ["launch/tpu_pod.sh", "--name=qr", "--zone=z", "--accelerator=v5p-32", "--queued"]
+        + ["--git_ref=main", "--git_url=https://example.com/vrl.git", "--poll_s=1", *flags]
+        + ["--", "--config=configs/cvrl_k600.py", "--workdir=gs://bkt/run"],
+        env=env,
+    )
+    fake = tmp_path / "fake"
+    verbs = [
+        line.split()[4]
+        for line in (fake / "calls").read_text().splitlines()
+        if line.startswith("gcloud compute tpus")
+    ]
+    return out, verbs, fake / "gcs" / "bkt" / "run" / "launch" / "logs"
+
+
+def test_tpu_pod_requeues_after_preemptions_and_resumes(tmp_path):
+    # A notice on a slice that stays (rerun there), a slice lost mid-run, a slice preempted after
+    # the save, then the run finishes: three slices, four attempts, exit 0.
+    out, verbs, logs = launch(tmp_path, ["notice", "lost", "preempted", "done"])
+    assert out.returncode == 0, out.stderr
+    assert verbs.count("create") == 3 and verbs.count("delete") == 3  # 2 re-queues + the end
+    host = os.uname().nodename
+    codes = [(logs / f"attempt-{i}" / f"{host}.rc").read_text().strip() for i in range(1, 5)]
+    assert codes == ["75", "137", "75", "0"]
+    first_lines = [
+        (logs / f"attempt-{i}" / f"{host}.log").read_text().splitlines()[0] for i in range(1, 5)
+    ]
+    args = "-m vrl.main --config=configs/cvrl_k600.py --workdir=gs://bkt/run --distributed=yes"
+    assert first_lines == [f"trainer {r}: {args}" for r in ("notice", "lost", "preempted", "done")]
+    assert f"[{host}] trainer done: {args}" in out.stdout
+    assert "re-queue 3 of 10" in out.stderr and "re-queue 4" not in out.stderr
+
+
+def test_tpu_pod_stops_on_a_config_error_and_after_max_requeues(tmp_path):
+    out, verbs, _ = launch(tmp_path / "a", ["config"])
+    assert out.returncode == 2 and "config error: config.optim.lr" in out.stdout
+    assert verbs.count("create") == 1 and verbs.count("delete") == 1
+    out, verbs, _ = launch(tmp_path / "b", ["lost", "lost"], "--max_requeues=1")
+    assert out.returncode == 75 and "rerun this command to resume from gs://bkt/run" in out.stderr
+    assert verbs.count("create") == 2
+    # Rerun as told: the next launch finishes, its logs beside the first one's.
+    out, _, logs = launch(tmp_path / "b", ["done"])
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in logs.iterdir()) == ["attempt-1", "attempt-2", "attempt-3"]
 
 
 # ------------------------------------------------------------------------------- gpu_slurm.sbatch
