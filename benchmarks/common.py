@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vrl import optim, sharding, state
+from vrl import optim, sharding, state, storage
 from vrl.durations import RunLength
 from vrl.objectives import base
 
@@ -53,17 +53,19 @@ def flop_ratio_verdict(speedup: float, flop_ratio: float, goal: float, rounds=()
     )
 
 
-def record(section: str, body: str, path: str = PERFORMANCE_MD) -> None:
-    """Writes `## section` with `body` into docs/PERFORMANCE.md, replacing an older version."""
-    text = open(path).read() if os.path.exists(path) else "# Performance\n"
+def record(section: str, body: str, path: storage.PathLike = PERFORMANCE_MD) -> None:
+    """Writes `## section` with `body` into docs/PERFORMANCE.md (or `path`, a local file or a
+    bucket URL), replacing an older version; the file is rewritten whole (objects cannot be
+    appended to)."""
+    target = storage.path(path)
+    text = target.read_text() if target.exists() else "# Performance\n"
     block = f"## {section}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: block + "\n", text)
     else:
         text = text.rstrip() + "\n\n" + block
-    with open(path, "w") as f:
-        f.write(text.rstrip() + "\n")
+    storage.write_atomic(target, text.rstrip() + "\n")
 
 
 def make_batch(objective: base.Objective, clip: base.ClipSpec, batch_size: int, seed=0) -> dict:

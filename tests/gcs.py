@@ -51,6 +51,34 @@ def configure_environment() -> None:
         os.environ[name] = value
 
 
+def _add_generation_headers() -> None:
+    """Media downloads carry x-goog-generation, as on Cloud Storage: tensorstore (Orbax's
+    arrays) reads an object's generation there, and without it fails to update OCDBT's
+    manifest ("Malformed StorageGeneration")."""
+    from gcp_storage_emulator import server  # noqa: PLC0415
+    from gcp_storage_emulator.handlers import objects  # noqa: PLC0415
+
+    original = objects.download
+    if getattr(original, "with_generation", False):
+        return
+
+    def download(request, response, storage, *args, **kwargs):
+        original(request, response, storage, *args, **kwargs)
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        except Exception:  # noqa: BLE001 - no such object: the original handler answered
+            return
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj.get("metageneration", 1))
+
+    download.with_generation = True
+    objects.download = download  # `get` with alt=media calls it by name
+    for _, handlers in server.HANDLERS:
+        for method, handler in handlers.items():
+            if handler is original:
+                handlers[method] = download
+
+
 def start():
     """Starts the emulator with the test bucket; skips the test when it cannot run."""
     reason = available()
@@ -61,6 +89,7 @@ def start():
     server = create_server(
         "127.0.0.1", int(os.environ[_PORT_VAR]), in_memory=True, default_bucket=BUCKET
     )
+    _add_generation_headers()
     server.start()
     return server
 

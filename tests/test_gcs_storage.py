@@ -33,3 +33,27 @@ def test_write_move_copy_and_staging_round_trip_through_the_bucket(gcs_dir, tmp_
         assert open(local, "rb").read() == b"\0\1"
     storage.remove(root / "c")
     assert not (root / "c").exists()
+
+
+def test_metrics_and_tensorboard_events_are_whole_objects_in_the_bucket(gcs_dir):
+    """Objects take no appends: both files are rewritten whole, and nothing is written after
+    close (tensorboardX's own gs:// writer uploads again at interpreter exit)."""
+    import struct
+
+    from vrl import metrics
+
+    writer = metrics.Writer(gcs_dir, enabled=True)
+    writer.write(1, {"train/loss": 2.0})
+    writer.write(2, {"train/loss": 1.5})
+    writer.close()
+    rows = (storage.path(gcs_dir) / "metrics.jsonl").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ['{"step": 1', '{"step": 2']
+    (events,) = (storage.path(gcs_dir) / "tensorboard").iterdir()
+    data = events.read_bytes()
+    lengths, offset = [], 0
+    while offset < len(data):  # TFRecord framing: u64 length, u32 crc, data, u32 crc
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        lengths.append(length)
+        offset += 16 + length
+    assert offset == len(data) and len(lengths) == 3  # the file version, then two scalars
+    assert data.count(b"train/loss") == 2

@@ -1,6 +1,6 @@
 """Encoders for scripts and notebooks: load one from a run directory and embed videos.
 
-enc = load_encoder("runs/quickstart")
+enc = load_encoder("runs/quickstart")      # or a bucket: "gs://BUCKET/runs/quickstart"
 clip_vectors = enc.embed(video_uint8)      # [B, T, H, W, 3] -> [B, D]
 tokens = enc.tokens(video_uint8)           # [B, T, H, W, 3] -> [B, N, D]
 feats, labels = extract_features(enc, {"source": {"name": "synthetic"}}, "test")

@@ -11,17 +11,21 @@ damaged step is never trained on or probed (see `set_aside_damaged`, `verify_ste
 
     python -m vrl.checkpoint WORKDIR           lists saved steps, parameter counts, sha256 digests
     python -m vrl.checkpoint WORKDIR --verify  checks every step's files against their checksums
+
+WORKDIR is a local folder or a bucket URL (gs://BUCKET/PATH); in a bucket a step is set aside
+by a copy then a delete (objects have no rename).
 """
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging as py_logging
 import os
-import shutil
 import sys
 import tempfile
 import time
+import uuid
 
 import grain
 import jax
@@ -29,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from vrl import checksums
+from vrl import checksums, storage
 from vrl import config as config_lib
 
 STATE, DATA, CONFIG = "state", "data", "config"
@@ -59,22 +63,31 @@ class CheckpointConfig:
         )
 
 
-def directory(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+def directory(workdir: storage.PathLike) -> str:
+    """WORKDIR/checkpoints: an absolute local path, or a URL in the workdir's bucket."""
+    try:
+        return os.fspath(storage.path(workdir, "workdir") / "checkpoints")
+    except storage.StorageError as e:  # e.g. an encoder to load named by a malformed URL
+        raise CheckpointError(str(e)) from None
 
 
-def check_writable(workdir: str) -> None:
+def check_writable(workdir: storage.PathLike) -> None:
     """Raises CheckpointError unless files can be created in `workdir` and its checkpoints.
 
     Run at start-up, so that an unwritable workdir is one clear line instead of a failure
     inside the first asynchronous save, minutes later.
     """
-    folders = [os.path.abspath(workdir)]
-    if os.path.isdir(directory(workdir)):
-        folders.append(directory(workdir))
+    folders = [storage.path(workdir, "workdir")]
+    if folders[0].joinpath("checkpoints").is_dir():
+        folders.append(folders[0] / "checkpoints")
     for folder in folders:
         try:
-            os.makedirs(folder, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            if storage.is_remote(folder):  # an object written and deleted
+                probe = folder / f".write-check-{uuid.uuid4().hex}"
+                probe.write_text("")
+                probe.unlink()
+                continue
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
                 pass
         except OSError as e:
@@ -84,11 +97,10 @@ def check_writable(workdir: str) -> None:
             ) from None
 
 
-def is_complete(step_dir: str) -> bool:
+def is_complete(step_dir: storage.PathLike) -> bool:
     """Whether Orbax finished writing this step directory (its commit marker exists)."""
-    return TMP_MARKER not in os.path.basename(step_dir) and os.path.isfile(
-        os.path.join(step_dir, COMMIT_MARKER)
-    )
+    step_dir = storage.path(step_dir)
+    return TMP_MARKER not in step_dir.name and (step_dir / COMMIT_MARKER).is_file()
 
 
 def clear_incomplete(workdir: str) -> list[str]:
@@ -99,14 +111,15 @@ def clear_incomplete(workdir: str) -> list[str]:
     WORKDIR/checkpoints.incomplete/ so the step can be saved again and nothing is lost.
     Returns the paths it found; each one is named in a warning. Call on one process only.
     """
-    root = directory(workdir)
+    root = storage.path(directory(workdir))
     found = []
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        path = os.path.join(root, name)
-        if not os.path.isdir(path) or is_complete(path):
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        name = path.name
+        if not path.is_dir() or is_complete(path):
             continue
         if TMP_MARKER in name:
-            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):  # what is left is removed at the next start
+                storage.remove(path)
             logging.warning("Deleted %s: a checkpoint save that was interrupted.", path)
         elif name.isdigit():
             aside = _move_aside(path, INCOMPLETE)
@@ -119,19 +132,16 @@ def clear_incomplete(workdir: str) -> list[str]:
             )
         else:
             continue
-        found.append(path)
+        found.append(os.fspath(path))
     return found
 
 
-def _move_aside(step_dir: str, folder: str) -> str:
+def _move_aside(step_dir: storage.PathLike, folder: str) -> str:
     """Moves a step directory to WORKDIR/<folder>/<step>-<time> (nothing is deleted)."""
-    checkpoints = os.path.dirname(step_dir)
-    aside = os.path.join(
-        os.path.dirname(checkpoints), folder, f"{os.path.basename(step_dir)}-{time.time_ns()}"
-    )
-    os.makedirs(os.path.dirname(aside), exist_ok=True)
-    os.rename(step_dir, aside)
-    return aside
+    step_dir = storage.path(step_dir)
+    aside = step_dir.parent.parent / folder / f"{step_dir.name}-{time.time_ns()}"
+    storage.move(step_dir, aside)
+    return os.fspath(aside)
 
 
 def set_aside_damaged(workdir: str) -> list[int]:
@@ -147,7 +157,7 @@ def set_aside_damaged(workdir: str) -> list[int]:
     root = directory(workdir)
     damaged = []
     for step in reversed(complete_steps(workdir)):
-        path = os.path.join(root, str(step))
+        path = os.fspath(storage.path(root) / str(step))
         result = checksums.verify_cached(path)
         if result.status == "unverified":
             _warn_unverified(path, step)
@@ -172,7 +182,7 @@ def _warn_unverified(path: str, step: int) -> None:
         "Checkpoint step %d in %s has no %s (saved before checksums were recorded): "
         "restored without verification.",
         step,
-        os.path.dirname(path),
+        storage.path(path).parent,
         checksums.MANIFEST,
     )
 
@@ -184,7 +194,7 @@ def verify_step(workdir: str, step: int, item: str | None = None) -> None:
     For loaders that only read (probes, `vrl.api`, SALT's teacher, fine-tuning's start): a
     damaged step is refused in one line naming the file; they never pick another step.
     """
-    path = os.path.join(directory(workdir), str(step))
+    path = os.fspath(storage.path(directory(workdir)) / str(step))
     result = checksums.verify_cached(path, item)
     if result.status == "unverified":
         _warn_unverified(path, step)
@@ -198,10 +208,10 @@ def verify_step(workdir: str, step: int, item: str | None = None) -> None:
 
 def complete_steps(workdir: str) -> list[int]:
     """Steps whose directories Orbax finished writing, ascending."""
-    root = directory(workdir)
-    if not os.path.isdir(root):
+    root = storage.path(directory(workdir))
+    if not root.is_dir():
         return []
-    names = [n for n in os.listdir(root) if n.isdigit() and is_complete(os.path.join(root, n))]
+    names = [p.name for p in root.iterdir() if p.name.isdigit() and is_complete(p)]
     return sorted(int(n) for n in names)
 
 
@@ -270,11 +280,11 @@ def _record_checksums(root: str) -> None:
     It runs before the commit, so the step is still Orbax's temporary directory (or, where
     Orbax commits with a marker instead of a rename, the step directory without its marker).
     """
-    for name in os.listdir(root):
-        path = os.path.join(root, name)
+    for path in storage.path(root).iterdir():
+        name = path.name
         in_flight = TMP_MARKER in name or (name.isdigit() and not is_complete(path))
-        if in_flight and os.path.isdir(path) and not checksums.has_manifest(path):
-            checksums.write(path)
+        if in_flight and path.is_dir() and not checksums.has_manifest(path):
+            checksums.write(os.fspath(path))
 
 
 def save_items(mngr, step: int, items: dict, force: bool = False) -> bool:
@@ -284,12 +294,12 @@ def save_items(mngr, step: int, items: dict, force: bool = False) -> bool:
     every step carries its checksums. Errors are the caller's to wrap.
     """
     saved = mngr.save(step, args=ocp.args.Composite(**items), force=force)
-    path = os.path.join(str(mngr.directory), str(step))
+    path = storage.path(mngr.directory) / str(step)
     # A synchronous save is committed by now without a manifest; an asynchronous one got its
     # manifest before its commit, so this never applies to it.
     if saved and jax.process_index() == 0 and is_complete(path):
         if not checksums.has_manifest(path):
-            checksums.write(path)
+            checksums.write(os.fspath(path))
     return saved
 
 
@@ -301,7 +311,7 @@ def save(mngr, step: int, state, iterator, meta: dict, force: bool = False) -> b
     of this save or of the previous asynchronous one, raises CheckpointError naming the
     complete checkpoints a restart would resume from.
     """
-    workdir = os.path.dirname(str(mngr.directory))
+    workdir = os.fspath(storage.path(mngr.directory).parent)
     try:
         return save_items(
             mngr,
@@ -337,7 +347,7 @@ def restore_state(mngr, step: int, abstract_state):
 
 def load_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
     """(meta, step): the run's config and init batch shapes saved at `step` (default: latest)."""
-    if not os.path.isdir(directory(workdir)):
+    if not storage.path(directory(workdir)).is_dir():
         raise CheckpointError(f"no checkpoint directory {directory(workdir)}")
     mngr = manager(workdir, read_only=True)
     step = resolve_step(mngr, step, workdir)
@@ -350,7 +360,8 @@ def load_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
 def resolve_step(mngr, step: int | None, workdir: str) -> int:
     """`step`, or the latest complete one; steps whose save never completed are refused."""
     listed = mngr.all_steps()
-    steps = [s for s in listed if is_complete(os.path.join(directory(workdir), str(s)))]
+    root = storage.path(directory(workdir))
+    steps = [s for s in listed if is_complete(root / str(s))]
     for skipped in sorted(set(listed) - set(steps)):
         logging.warning(
             "Checkpoint step %d in %s is incomplete (no %s); not used.",
@@ -467,7 +478,7 @@ def verify_all(workdir: str) -> int:
         return 1
     damaged = 0
     for step in steps:
-        result = checksums.verify(os.path.join(directory(workdir), str(step)))
+        result = checksums.verify(os.fspath(storage.path(directory(workdir)) / str(step)))
         if result.status == "ok":
             print(f"step {step}: ok ({result.detail})")
         elif result.status == "damaged":

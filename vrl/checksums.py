@@ -21,6 +21,8 @@ import os
 
 from etils import epath
 
+from vrl import storage
+
 MANIFEST = "checksums.json"
 # Written after the manifest (at the commit), so never listed in it.
 NOT_COVERED = (MANIFEST, "commit_success.txt", "_CHECKPOINT_METADATA")
@@ -79,24 +81,23 @@ def _hash_all(step_dir: epath.Path, names: list[str]) -> dict[str, tuple[int, st
 
 def write(step_dir: str) -> None:
     """Records the size and sha256 of every file under `step_dir` in its manifest."""
-    step_dir = epath.Path(step_dir)
+    step_dir = storage.path(step_dir)
     files = {}
     for name, got in _hash_all(step_dir, _files(step_dir)).items():
         if isinstance(got, str):
             raise OSError(f"cannot record the checksum of {step_dir / name}: {got}")
         files[name] = {"size": got[0], "sha256": got[1]}
-    tmp = step_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"version": 1, "algorithm": "sha256", "files": files}, indent=0))
-    tmp.rename(step_dir / MANIFEST)
+    manifest = json.dumps({"version": 1, "algorithm": "sha256", "files": files}, indent=0)
+    storage.write_atomic(step_dir / MANIFEST, manifest)
 
 
 def has_manifest(step_dir: str) -> bool:
-    return (epath.Path(step_dir) / MANIFEST).exists()
+    return (storage.path(step_dir) / MANIFEST).exists()
 
 
 def recorded(step_dir: str) -> dict[str, dict]:
     """The manifest's {file: {"size", "sha256"}}; raises ValueError when it is unreadable."""
-    text = (epath.Path(step_dir) / MANIFEST).read_text()
+    text = (storage.path(step_dir) / MANIFEST).read_text()
     try:
         files = json.loads(text)["files"]
         return {
@@ -109,7 +110,7 @@ def recorded(step_dir: str) -> dict[str, dict]:
 def verify(step_dir: str, under: str | None = None) -> Result:
     """Re-reads every file the manifest lists (only those in the folder `under`, if given, e.g.
     the one item a loader reads); "damaged" names the first that differs."""
-    step_dir = epath.Path(step_dir)
+    step_dir = storage.path(step_dir)
     if not (step_dir / MANIFEST).exists():
         return Result("unverified", f"no {MANIFEST}")
     try:
@@ -140,7 +141,7 @@ _VERIFIED: dict[tuple, tuple] = {}
 
 def _signature(step_dir: str, names) -> tuple | None:
     """(size, mtime_ns, inode) of the manifest and its files; None off the local file system."""
-    if "://" in step_dir:
+    if storage.is_remote(step_dir):
         return None
     try:
         return tuple(
@@ -155,7 +156,7 @@ def _signature(step_dir: str, names) -> tuple | None:
 def verify_cached(step_dir: str, under: str | None = None) -> Result:
     """`verify`, not repeated in this process for local files unchanged since they verified
     (a probe job reads one step's parameters once per encoder)."""
-    path = os.path.abspath(step_dir) if "://" not in step_dir else step_dir
+    path = os.fspath(storage.path(step_dir))
     key = (path, under)
     if key in _VERIFIED and _signature(path, _VERIFIED[key][0]) == _VERIFIED[key][1]:
         return Result("ok", "verified earlier in this process")

@@ -18,7 +18,7 @@ from typing import Any
 from absl import logging
 
 from vrl import setup as setup_lib
-from vrl import train, weights
+from vrl import storage, train, weights
 from vrl.probe import data as probe_data
 from vrl.probe import eval_checks, features
 from vrl.probe import results as results_lib
@@ -63,7 +63,7 @@ class ProbeEvals:
             if not (final or (every and step % every == 0)):
                 continue
             if final:
-                out_dir = os.path.join(self.workdir, "probe")
+                out_dir = os.fspath(storage.path(self.workdir) / "probe")
                 probe_data.check_results_kept(out_dir, plan.names(), plan.data_cfg.source, False)
                 probe_data.log_clips(meta, plan.data, plan.data_cfg.test_split, plan.test_pp)
             for name, encoder_name, label_set, result in plan.measure(run):

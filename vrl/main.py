@@ -1,5 +1,8 @@
 """python -m vrl.main --config=configs/<name>.py[:arg] --workdir=DIR [--config.key=value ...]
 
+DIR is a local folder or a bucket URL (gs://BUCKET/PATH): checkpoints, metrics and probe results
+go there either way.
+
 Starts the JAX multi-controller runtime when the run spans several processes, then hands off
 to `evaluators.train_and_evaluate`. Every process runs this same command; each reads its own
 slice of every global batch, process 0 writes the metrics and Orbax coordinates the checkpoint
@@ -55,12 +58,22 @@ from ml_collections import config_flags  # noqa: E402
 
 from vrl import checkpoint as ckpt_lib  # noqa: E402
 from vrl import config as config_lib  # noqa: E402
-from vrl import evaluators, flag_errors, metrics, preemption, sharding, workdir_lock  # noqa: E402
+from vrl import (  # noqa: E402
+    evaluators,
+    flag_errors,
+    metrics,
+    preemption,
+    sharding,
+    storage,
+    workdir_lock,
+)
 from vrl.data.decode import DecodeError  # noqa: E402
 from vrl.state import NonFiniteError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and probes.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory or bucket URL (gs://BUCKET/PATH) for checkpoints, metrics, probes."
+)
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed",
     "auto",
@@ -128,6 +141,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
+    try:
+        storage.check(_WORKDIR.value, "--workdir")  # a local folder or gs://BUCKET/PATH
+    except storage.StorageError as e:  # before logging starts: only the line on stderr
+        flag_errors.fail("config error", e, 2)
     metrics.quiet_library_logs()
     initialize_runtime()
     try:

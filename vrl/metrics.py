@@ -1,18 +1,21 @@
 """Metric writing (JSONL + TensorBoard, process 0 only), progress lines and MFU.
 
 Metric names: `train/*`, `perf/{step_time_s,clips_per_s,mfu}`, `time/{data_wait,ckpt,eval}`,
-`data/*`, `<probe>/<metric>`. One JSON object per line in `WORKDIR/metrics.jsonl`.
+`data/*`, `<probe>/<metric>`. One JSON object per line in `WORKDIR/metrics.jsonl`: appended to
+in a local workdir, rewritten whole at each write in a bucket (objects cannot be appended to).
 """
 
+import io
 import json
 import logging as py_logging
-import os
 import time
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 from absl import logging
+
+from vrl import storage
 
 # Dense bf16 peak FLOP/s per chip, by `device_kind` prefix (vendor data sheets).
 PEAK_FLOPS = {
@@ -55,7 +58,7 @@ def compiled_flops(compiled) -> float | None:
 class _QuietLibraries(py_logging.Filter):
     """Drops INFO chatter of orbax / grain / jax internals; warnings and errors still pass."""
 
-    NOISY = ("/orbax/", "/grain/", "/jax/_src/", "/jaxlib/", "xla_bridge")
+    NOISY = ("/orbax/", "/grain/", "/jax/_src/", "/jaxlib/", "xla_bridge", "/fsspec/", "/gcsfs/")
 
     def filter(self, record: py_logging.LogRecord) -> bool:
         return record.levelno >= py_logging.WARNING or not any(
@@ -80,11 +83,11 @@ def drop_rows_after(workdir: str, step: int) -> list[int]:
     again; without this, readers would get those steps twice. A line cut short by the kill is
     dropped too. Returns the steps of the rows moved (the file is rewritten only if any).
     """
-    path = os.path.join(workdir, METRICS)
-    if not os.path.exists(path):
+    path = storage.path(workdir) / METRICS
+    if not path.exists():
         return []
     keep, moved, torn, unterminated = [], [], 0, False
-    with open(path) as f:
+    with path.open() as f:
         for line in f:
             try:
                 row = json.loads(line)
@@ -100,12 +103,10 @@ def drop_rows_after(workdir: str, step: int) -> list[int]:
     if not moved and not torn and not unterminated:
         return []
     if moved:
-        with open(os.path.join(workdir, SUPERSEDED), "a") as f:
-            f.writelines(moved)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
+        superseded = path.with_name(SUPERSEDED)
+        earlier = superseded.read_text() if superseded.exists() else ""
+        storage.write_atomic(superseded, earlier + "".join(moved))
+    storage.write_atomic(path, "".join(keep))
     steps = [json.loads(line)["step"] for line in moved]
     if steps:
         which = f"step {steps[0]}" if len(set(steps)) == 1 else f"steps {min(steps)}-{max(steps)}"
@@ -123,6 +124,41 @@ def drop_rows_after(workdir: str, step: int) -> list[int]:
     return steps
 
 
+class _BucketEventFile:
+    """A TensorBoard event file in a bucket, written through vrl.storage.
+
+    Objects take no appends, so each flush rewrites the whole file (event files of scalars stay
+    small). tensorboardX's own gs:// writer uploads again when it is garbage collected, at
+    interpreter exit, after the run is over; this one writes only when flushed.
+    """
+
+    def __init__(self, path: str):
+        self.path = storage.path(path)
+        self.buffer = io.BytesIO()
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        if self.buffer.tell() != self.written:
+            storage.write_atomic(self.path, self.buffer.getvalue())
+            self.written = self.buffer.tell()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _BucketEventFiles:
+    """tensorboardX's writer factory for a URL scheme (`record_writer.register_writer_factory`)."""
+
+    def open(self, path: str) -> _BucketEventFile:
+        return _BucketEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        pass  # buckets have no folders to create
+
+
 class Writer:
     """Writes scalars to metrics.jsonl and TensorBoard; a no-op on processes other than 0.
 
@@ -135,14 +171,23 @@ class Writer:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = None
         self._tb = None
+        self._rows: list[str] | None = None  # a bucket's metrics.jsonl, rewritten at each write
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            root = storage.path(workdir)
+            root.mkdir(parents=True, exist_ok=True)
             dropped = drop_rows_after(workdir, resume_step) if resume_step is not None else []
-            self._jsonl = open(os.path.join(workdir, METRICS), "a")  # noqa: SIM115
-            from tensorboardX import SummaryWriter  # noqa: PLC0415 - process 0 only, slow
+            self._path = root / METRICS
+            if storage.is_remote(root):
+                self._rows = [self._path.read_text()] if self._path.exists() else []
+            else:
+                self._jsonl = self._path.open("a")
+            from tensorboardX import SummaryWriter, record_writer  # noqa: PLC0415 - process 0 only, slow
 
+            if storage.is_remote(root):
+                scheme = str(root).split("://", 1)[0]
+                record_writer.register_writer_factory(scheme, _BucketEventFiles())
             self._tb = SummaryWriter(
-                os.path.join(workdir, "tensorboard"),
+                str(root / "tensorboard"),
                 purge_step=resume_step + 1 if dropped else None,
             )
 
@@ -150,18 +195,24 @@ class Writer:
         if not self.enabled:
             return
         scalars = {k: _scalar(v) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-        self._jsonl.flush()
+        row = json.dumps({"step": int(step), **scalars}) + "\n"
+        if self._rows is not None:
+            self._rows.append(row)
+            storage.write_atomic(self._path, "".join(self._rows))
+        else:
+            self._jsonl.write(row)
+            self._jsonl.flush()
         for name, value in scalars.items():
             if isinstance(value, (int, float)):
                 self._tb.add_scalar(name, value, int(step))
         self._tb.flush()
 
     def close(self) -> None:
-        if self._jsonl:
-            self._jsonl.close()
+        if self._tb:
+            if self._jsonl:
+                self._jsonl.close()
             self._tb.close()
-            self._jsonl = self._tb = None
+            self._jsonl = self._tb = self._rows = None
 
 
 def _scalar(value):

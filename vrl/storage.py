@@ -17,9 +17,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+import fsspec
 from etils import epath
 
 PathLike = str | os.PathLike
+# Orbax writes its arrays through tensorstore, behind fsspec's back: a bucket folder listing that
+# fsspec cached earlier in the process would miss the checkpoint steps saved since.
+fsspec.config.conf.setdefault("gcs", {})["use_listings_cache"] = False
+
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):(/*)(.*)$")
 
 

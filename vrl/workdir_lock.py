@@ -24,8 +24,9 @@ import uuid
 import jax
 import numpy as np
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
+
+from vrl import storage
 
 LOCK = "lock.json"
 RENEW_S = 30.0  # how often the owner renews its lease
@@ -82,8 +83,8 @@ class WorkdirLock:
 
     def __init__(self, workdir: str, renew_s: float = RENEW_S, stale_s: float = STALE_S):
         self.workdir = workdir
-        self.path = epath.Path(workdir) / LOCK
-        self.local = "://" not in str(workdir)
+        self.path = storage.path(workdir, "--workdir") / LOCK
+        self.local = not storage.is_remote(workdir)
         self.renew_s = renew_s
         self.stale_s = stale_s
         now = time.time()

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vrl import registry
+from vrl import registry, storage
 from vrl.config import ConfigError, component
 from vrl.models import heads, layers
 from vrl.objectives import base, masking
@@ -240,6 +240,10 @@ class SALT(_LatentPrediction):
                 "config.objective.teacher_checkpoint: required; the workdir of a stage-1 run "
                 "(videomae objective with mask='vjepa')"
             )
+        try:  # a malformed URL is a config error now, not a failed read at start-up
+            storage.path(self.teacher_checkpoint, "config.objective.teacher_checkpoint")
+        except storage.StorageError as e:
+            raise ConfigError(str(e)) from None
 
     def external_models(self):
         if self.teacher_model is not None:
