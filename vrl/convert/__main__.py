@@ -1,14 +1,21 @@
-"""python -m vrl.convert --format=FORMAT --src=PATH --workdir=OUT [--dry_run] [options]"""
+"""python -m vrl.convert --format=FORMAT --src=PATH --workdir=OUT [--dry_run] [options]
+
+PATH and OUT are local paths or bucket URLs (gs://BUCKET/PATH).
+"""
 
 import sys
 
 from absl import app, flags
 
-from vrl import convert
+from vrl import convert, storage
 
 FLAGS = flags.DEFINE_enum("format", None, list(convert.FORMATS), "Checkpoint format.")
-SRC = flags.DEFINE_string("src", None, "Checkpoint file or Hugging Face folder on local disk.")
-WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to write (must hold no checkpoint).")
+SRC = flags.DEFINE_string(
+    "src", None, "Checkpoint file or Hugging Face folder: a local path or a bucket URL."
+)
+WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory to write (must hold no checkpoint): a folder or a bucket URL."
+)
 DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Print the key mapping and the checks; write nothing."
 )
@@ -44,7 +51,7 @@ def main(argv):
             print("--workdir is required (or pass --dry_run)", file=sys.stderr)
             return 2
         config = convert.convert(FLAGS.value, SRC.value, WORKDIR.value, options)
-    except convert.ConversionError as e:
+    except (convert.ConversionError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(

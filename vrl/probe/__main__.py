@@ -1,6 +1,7 @@
 """python -m vrl.probe --config=configs/probe/<kind>.py --config.checkpoint=WORKDIR [--config.x=..]
 
-<kind>: linear, attentive, knn or finetune (see configs/probe/).
+<kind>: linear, attentive, knn or finetune (see configs/probe/). WORKDIR may be a bucket URL
+(gs://BUCKET/PATH): results are written there.
 """
 
 import sys
@@ -10,7 +11,7 @@ from ml_collections import config_flags
 
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
-from vrl import flag_errors, metrics
+from vrl import flag_errors, metrics, storage
 from vrl.probe import main as probe_main
 from vrl.probe import results
 
@@ -23,7 +24,7 @@ def main(argv):
     metrics.quiet_library_logs()
     try:
         measured = probe_main.run_job(config_lib.to_dict(_CONFIG.value))
-    except (config_lib.ConfigError, ckpt_lib.CheckpointError) as e:
+    except (config_lib.ConfigError, ckpt_lib.CheckpointError, storage.StorageError) as e:
         print(f"vrl.probe: {e}", file=sys.stderr)
         sys.exit(2)
     print(results.summary_table(measured))

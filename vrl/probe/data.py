@@ -8,11 +8,11 @@ source key as an unset placeholder (`unset_source`) rather than at its default, 
 """
 
 import json
-import os
 
 from absl import logging
 
 from vrl import config as config_lib
+from vrl import storage
 from vrl.data import sources
 from vrl.probe import features
 
@@ -36,7 +36,9 @@ def comparable(source: dict) -> dict:
     return json.loads(json.dumps(source, sort_keys=True))
 
 
-def check_results_kept(out_dir: str, names: list[str], source: dict, refuse: bool) -> None:
+def check_results_kept(
+    out_dir: storage.PathLike, names: list[str], source: dict, refuse: bool
+) -> None:
     """Raises ConfigError (`refuse`; else logs a warning) where `out_dir/<name>.json` holds
     results made on another source.
 
@@ -46,11 +48,10 @@ def check_results_kept(out_dir: str, names: list[str], source: dict, refuse: boo
     """
     now = comparable(source)
     for name in names:
-        path = os.path.join(out_dir, f"{name}.json")
-        if not os.path.exists(path):
+        path = storage.path(out_dir) / f"{name}.json"
+        if not path.exists():
             continue
-        with open(path) as f:
-            before = json.load(f).get(SOURCE_KEY)
+        before = json.loads(path.read_text()).get(SOURCE_KEY)
         if before is not None and before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             message = (

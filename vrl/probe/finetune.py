@@ -12,14 +12,13 @@ architecture from scratch, the baseline fine-tuning must beat.
 
 import dataclasses
 import json
-import os
 from typing import ClassVar
 
 from absl import logging
 
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
-from vrl import evaluators, registry
+from vrl import evaluators, registry, storage
 from vrl.data import pipeline
 from vrl.preemption import Preempted
 from vrl.probe import views
@@ -110,7 +109,7 @@ class FinetuneProbe:
             **final,
             "step": final_step,
             "history": read_history(workdir, name, final_step),
-            "run_dir": os.path.abspath(workdir),
+            "run_dir": str(storage.path(workdir)),
             "drop_path": config["model"].get("drop_path", 0.0),
             "train_pp": train_pp,
             "test_pp": test_pp,
@@ -202,7 +201,7 @@ class FinetuneProbe:
                 "mixup": self.mixup,
                 "cutmix": self.cutmix,
                 # "random" fine-tunes the architecture from scratch.
-                "init_from": "" if which == "random" else os.path.abspath(checkpoint),
+                "init_from": "" if which == "random" else str(storage.path(checkpoint)),
                 "init_step": step,
                 "init_which": "encoder" if which == "random" else which,
                 "init_drop": () if which == "random" else init_drop,
@@ -240,17 +239,16 @@ class FinetuneProbe:
 def read_history(workdir: str, name: str, final_step: int) -> list[dict]:
     """The test accuracies result `name` of the run's eval wrote to its metrics.jsonl before
     the final step (the last row of a step wins: a resumed run rewrites it)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = storage.path(workdir) / "metrics.jsonl"
+    if not path.exists():
         return []
     history = {}
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            if f"{name}/top1" in row and row["step"] < final_step:
-                history[row["step"]] = {
-                    "step": row["step"],
-                    "top1": row[f"{name}/top1"],
-                    "top5": row[f"{name}/top5"],
-                }
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if f"{name}/top1" in row and row["step"] < final_step:
+            history[row["step"]] = {
+                "step": row["step"],
+                "top1": row[f"{name}/top1"],
+                "top5": row[f"{name}/top5"],
+            }
     return [history[s] for s in sorted(history)]

@@ -6,18 +6,17 @@ sequences for the attentive probe), and runs the configured probe on every label
 fine-tuning probe trains from the checkpoint instead. Results go to
 `WORKDIR/probe/<name>_<labelset>_<encoder>.json` with pictures next to it (per-class accuracy,
 confusion matrix, PCA of the test features), and to the run's metrics.jsonl / TensorBoard as
-`<name>_<labelset>_<encoder>/<metric>`. A training run's `config.evals` are the same jobs run
-by `vrl.evaluators` on its live parameters.
+`<name>_<labelset>_<encoder>/<metric>`. WORKDIR is a local folder or a bucket URL (gs://...):
+a job on a pod reads and writes the bucket, as the run did. A training run's `config.evals` are
+the same jobs run by `vrl.evaluators` on its live parameters.
 """
-
-import os
 
 import jax
 
 from vrl import checkpoint as ckpt_lib
 from vrl import config as config_lib
 from vrl import metrics as metrics_lib
-from vrl import sharding, weights
+from vrl import sharding, storage, weights
 from vrl.probe import data as probe_data
 from vrl.probe import encoder as encoder_lib
 from vrl.probe import features
@@ -34,18 +33,19 @@ def run_job(cfg: dict) -> dict[str, dict]:
     job = job_lib.check(config_lib.drop_unset(cfg), "config")
     if not job.checkpoint:
         raise config_lib.ConfigError("config.checkpoint: required (the training run's --workdir)")
+    workdir = str(storage.check(job.checkpoint, "--config.checkpoint"))
     if job.every_steps or job.every_epochs:
         raise config_lib.ConfigError(
             "config.every_steps / every_epochs: only for config.evals of a training run; "
             "a probe job measures one checkpoint"
         )
-    meta, step = ckpt_lib.load_meta(job.checkpoint, job.step)
+    meta, step = ckpt_lib.load_meta(workdir, job.step)
     plan = plan_lib.make(job, meta["config"].get("data", {}), "config")
-    out_dir = os.path.join(job.checkpoint, "probe")
+    out_dir = storage.path(workdir) / "probe"
     probe_data.check_results_kept(out_dir, plan.names(), plan.data_cfg.source, refuse=True)
     probe_data.log_clips(meta, plan.data, plan.data_cfg.test_split, plan.test_pp)
-    subject = SavedRun(job.checkpoint, step, meta)
-    writer = metrics_lib.Writer(job.checkpoint)
+    subject = SavedRun(workdir, step, meta)
+    writer = metrics_lib.Writer(workdir)
     results = {}
     for name, encoder_name, label_set, result in plan.measure(subject):
         results[name] = result

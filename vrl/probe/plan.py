@@ -9,7 +9,6 @@ train features (see augmented.py), and the cached test features.
 """
 
 import dataclasses
-import os
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from vrl import config as config_lib
+from vrl import storage
 from vrl.data import pipeline
 from vrl.probe import augmented
 from vrl.probe import data as probe_data
@@ -28,7 +28,7 @@ from vrl.probe import results as results_lib
 class Subject(Protocol):
     """What a plan measures: a saved checkpoint or a training run at its current step."""
 
-    workdir: str  # checkpoint probes (fine-tuning) start from it; result files go under it
+    workdir: str  # a folder or bucket URL: fine-tuning starts from it, result files go under it
     step: int
     config: dict  # the run config
 
@@ -85,7 +85,7 @@ class Plan:
             "top1": result["top1"],  # also in metrics; at the top for scripts
             "metrics": dict(result),
             "class_names": self.label_names[label_set],
-            "checkpoint": os.path.abspath(subject.workdir),
+            "checkpoint": str(storage.path(subject.workdir)),
             "step": subject.step,
             "encoder": encoder_name,
             "test_pp": self.test_pp,
@@ -93,7 +93,7 @@ class Plan:
             "config": config_lib.to_dict(dataclasses.asdict(self.job)),
             "git_commit": results_lib.git_commit(),
         }
-        out_dir = os.path.join(subject.workdir, "probe")
+        out_dir = storage.path(subject.workdir) / "probe"
         results_lib.write(out_dir, record, result, self.label_names[label_set], self.job.plots)
 
     def _results(self, subject: Subject, encoder_name: str):
@@ -115,7 +115,7 @@ class Plan:
                         num_classes=num_classes[label_set],
                         train_pp=self.job.train_pp,
                         test_pp=self.test_pp,
-                        workdir=os.path.join(subject.workdir, "probe", name),
+                        workdir=str(storage.path(subject.workdir) / "probe" / name),
                         eval_batch_size=self.job.batch_size,
                     ),
                 )

@@ -4,13 +4,15 @@ Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no 
 backend switch), so they render the same in a headless job and inside a notebook.
 """
 
-import os
+import io
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from vrl import storage
 
 _MAX_ANNOTATED_CLASSES = 20
 
@@ -89,7 +91,7 @@ def pca_scatter(
 
 
 def write_result_plots(
-    out_dir: str,
+    out_dir: storage.PathLike,
     name: str,
     metrics: dict,
     class_names: Sequence[str],
@@ -106,15 +108,18 @@ def write_result_plots(
         figures["pca"] = pca_scatter(test_features, test_labels, class_names, title)
     paths = []
     for kind, fig in figures.items():
-        path = os.path.join(out_dir, f"{name}_{kind}.png")
+        path = storage.path(out_dir) / f"{name}_{kind}.png"
         save(fig, path)
-        paths.append(path)
+        paths.append(str(path))
     return paths
 
 
-def save(fig: Figure, path: str) -> None:
+def save(fig: Figure, path: storage.PathLike) -> None:
+    """Writes `fig` as a PNG to a local path or a bucket URL, whole (readers never see a part)."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    storage.write_atomic(path, buffer.getvalue())
 
 
 def _figure(size: tuple[float, float]) -> Figure:

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from vrl import metrics as metrics_lib
+from vrl import storage
 from vrl.probe import plots
 
 
@@ -21,13 +22,15 @@ class Result(dict):
         self.labels = labels
 
 
-def write(out_dir: str, record: dict, result: Result, class_names, with_plots: bool) -> None:
+def write(
+    out_dir: storage.PathLike, record: dict, result: Result, class_names, with_plots: bool
+) -> None:
     """`out_dir/<name>.json` and, `with_plots`, its pictures (process 0 only)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{record['name']}.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    storage.write_atomic(
+        storage.path(out_dir) / f"{record['name']}.json", json.dumps(record, indent=1)
+    )
     if with_plots:
         plots.write_result_plots(
             out_dir, record["name"], result, class_names, result.features, result.labels
