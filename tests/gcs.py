@@ -6,6 +6,7 @@ runs from conftest before anything imports them, and child processes inherit it.
 itself starts only when a test asks for it (the `gcs_server` / `gcs_dir` fixtures).
 """
 
+import contextlib
 import os
 import re
 import socket
@@ -51,27 +52,35 @@ def configure_environment() -> None:
         os.environ[name] = value
 
 
-def _add_generation_headers() -> None:
-    """Media downloads carry x-goog-generation, as on Cloud Storage: tensorstore (Orbax's
-    arrays) reads an object's generation there, and without it fails to update OCDBT's
-    manifest ("Malformed StorageGeneration")."""
+def _patch_downloads() -> None:
+    """Makes the emulator's media downloads behave as Cloud Storage's do:
+    - they carry x-goog-generation: tensorstore (Orbax's arrays) reads an object's generation
+      there, and without it fails to update OCDBT's manifest ("Malformed StorageGeneration");
+    - `Range: bytes=-N` gives the last N bytes (the emulator sends the whole object): ArrayRecord
+      reads a file's end that way, and files over about 1 MB fail to read without it."""
     from gcp_storage_emulator import server  # noqa: PLC0415
     from gcp_storage_emulator.handlers import objects  # noqa: PLC0415
 
     original = objects.download
-    if getattr(original, "with_generation", False):
+    if getattr(original, "patched", False):
         return
 
     def download(request, response, storage, *args, **kwargs):
+        name = request.params["bucket_name"], request.params["object_id"]
+        suffix = re.fullmatch(r"\s*bytes=-(\d+)", request.get_header("range", "") or "")
+        if suffix:
+            with contextlib.suppress(Exception):  # no such object: the original handler answers
+                start = max(len(storage.get_file(*name)) - int(suffix[1]), 0)
+                request._request_handler.headers.replace_header("Range", f"bytes={start}-")
         original(request, response, storage, *args, **kwargs)
         try:
-            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            obj = storage.get_file_obj(*name)
         except Exception:  # noqa: BLE001 - no such object: the original handler answered
             return
         response["x-goog-generation"] = str(obj["generation"])
         response["x-goog-metageneration"] = str(obj.get("metageneration", 1))
 
-    download.with_generation = True
+    download.patched = True
     objects.download = download  # `get` with alt=media calls it by name
     for _, handlers in server.HANDLERS:
         for method, handler in handlers.items():
@@ -89,7 +98,7 @@ def start():
     server = create_server(
         "127.0.0.1", int(os.environ[_PORT_VAR]), in_memory=True, default_bucket=BUCKET
     )
-    _add_generation_headers()
+    _patch_downloads()
     server.start()
     return server
 

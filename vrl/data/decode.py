@@ -22,6 +22,7 @@ past the last decodable frame) raises `DecodeError` naming the file and the reas
 """
 
 import bisect
+import contextlib
 import dataclasses
 import functools
 import io
@@ -33,6 +34,8 @@ from typing import IO, Any
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+from vrl import storage
 
 VideoInput = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
@@ -483,11 +486,28 @@ def _threads(stream) -> None:
         pass  # a codec without threading decodes single-threaded
 
 
-def _open(file_or_bytes: VideoInput, label: str):
+@contextlib.contextmanager
+def _open(file_or_bytes: VideoInput, label: str) -> Iterator[Any]:
+    """The container of a video given as bytes, a file object, a local path or a bucket URL.
+
+    A URL is read through a file object, so that a clip fetches only the byte ranges the
+    decoder asks for, not the whole object.
+    """
+    opened = None
     if isinstance(file_or_bytes, (bytes, bytearray, memoryview)):
         if len(file_or_bytes) == 0:
             raise DecodeError(f"{label}: empty input (0 bytes)")
         source: Any = io.BytesIO(file_or_bytes)
+    elif isinstance(file_or_bytes, (str, os.PathLike)) and storage.is_remote(file_or_bytes):
+        try:
+            source = opened = storage.path(file_or_bytes).open("rb")
+        except FileNotFoundError:
+            raise DecodeError(f"{label}: no such file") from None
+        except OSError as e:
+            raise DecodeError(f"{label}: cannot read: {e}") from e
+        if getattr(source, "size", None) == 0:
+            source.close()
+            raise DecodeError(f"{label}: empty file (0 bytes)")
     elif isinstance(file_or_bytes, (str, os.PathLike)):
         path = os.fspath(file_or_bytes)
         if not os.path.isfile(path):
@@ -498,13 +518,19 @@ def _open(file_or_bytes: VideoInput, label: str):
     else:
         source = file_or_bytes
     try:
-        container = av.open(source, mode="r")
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise DecodeError(f"{label}: not a readable video container: {e}") from e
-    if any(part in container.format.name for part in _IMAGE_FORMATS):
-        container.close()
-        raise DecodeError(f"{label}: is a still image ({container.format.name}), not a video")
-    return container
+        try:
+            container = av.open(source, mode="r")
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+            raise DecodeError(f"{label}: not a readable video container: {e}") from e
+        with container:
+            if any(part in container.format.name for part in _IMAGE_FORMATS):
+                raise DecodeError(
+                    f"{label}: is a still image ({container.format.name}), not a video"
+                )
+            yield container
+    finally:
+        if opened is not None:
+            opened.close()
 
 
 def _video_stream(container, label: str):

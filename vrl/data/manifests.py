@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 
 from absl import logging
 
+from vrl import storage
+
 META_COLUMNS = ("path", "num_frames", "fps")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".ogv", ".ogg", ".mpg")
 VIDEO_EXTENSIONS += (".mpeg", ".flv", ".3gp")
@@ -49,11 +51,11 @@ class ManifestRow:
 
 
 def read_manifest(path: str) -> list[ManifestRow]:
-    """Rows of a manifest CSV; raises ValueError naming the file, line and column on bad input."""
-    if not os.path.isfile(path):
+    """Rows of a manifest CSV (a local file or a bucket URL); raises ValueError naming the file,
+    line and column on bad input."""
+    if not storage.path(path, "manifest").is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = storage.path(path).read_bytes()
     try:
         text = data.decode("utf-8-sig")  # Excel and Notepad start UTF-8 files with a BOM
     except UnicodeDecodeError as e:
@@ -135,14 +137,14 @@ def write_manifest(path: str, rows: Iterable[ManifestRow]) -> int:
     rows = list(rows)
     label_sets = list(dict.fromkeys(s for r in rows for s in r.labels))
     meta = [c for c in ("num_frames", "fps") if any(getattr(r, c) for r in rows)]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", *label_sets, *meta])
-        for r in rows:
-            values = [r.labels.get(s, "") for s in label_sets]
-            values += ["" if getattr(r, c) is None else getattr(r, c) for c in meta]
-            writer.writerow([r.path, *values])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", *label_sets, *meta])
+    for r in rows:
+        values = [r.labels.get(s, "") for s in label_sets]
+        values += ["" if getattr(r, c) is None else getattr(r, c) for c in meta]
+        writer.writerow([r.path, *values])
+    storage.write_atomic(path, text.getvalue().encode("utf-8"))
     return len(rows)
 
 
@@ -150,15 +152,20 @@ def check_inside_root(root: str, rows: Sequence[ManifestRow | str], where: str) 
     """Raises for paths that leave `root`: absolute, `..`, or a symlink pointing outside.
 
     A manifest naming /etc/... or ../other_dataset/... is most likely a mistake (a manifest
-    made for another root); the sources allow it only with `allow_outside_root=True`.
+    made for another root); the sources allow it only with `allow_outside_root=True`. A bucket
+    has no symlinks: there only the paths themselves are checked.
     """
-    real_root = os.path.realpath(root)
+    remote = storage.is_remote(root)
+    real_root = root if remote else os.path.realpath(root)
     for row in rows:
         rel = row.path if isinstance(row, ManifestRow) else row
         at = f", line {row.line}" if isinstance(row, ManifestRow) and row.line else ""
         full = os.path.join(root, rel)
-        if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == os.pardir:
-            reason = "is an absolute path" if os.path.isabs(rel) else "leaves the root with '..'"
+        absolute = os.path.isabs(rel) or storage.is_remote(rel)
+        if absolute or os.path.normpath(rel).split(os.sep)[0] == os.pardir:
+            reason = "is an absolute path" if absolute else "leaves the root with '..'"
+        elif remote:
+            continue
         elif os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
             reason = f"is a symlink to {os.path.realpath(full)}, outside the root"
         else:
@@ -234,7 +241,7 @@ def check_exist(root: str, paths: Sequence[str], where: str) -> None:
         full = os.path.join(root, rel)
         folder, base = os.path.split(full)
         if folder not in listings:
-            listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+            listings[folder] = set(list_names(folder))
         if base not in listings[folder]:
             missing.append(rel)
     if missing:
@@ -244,10 +251,27 @@ def check_exist(root: str, paths: Sequence[str], where: str) -> None:
         )
 
 
+def list_names(folder: str) -> list[str]:
+    """The names in a local or bucket folder; none when it does not exist."""
+    if not storage.is_remote(folder):
+        return os.listdir(folder) if os.path.isdir(folder) else []
+    found = storage.path(folder)
+    return [child.name for child in found.iterdir()] if found.is_dir() else []
+
+
+def glob_files(pattern: str) -> list[str]:
+    """Sorted files matching a glob pattern (`*`, not `**`), local or in a bucket."""
+    if not storage.is_remote(pattern):
+        return sorted(glob.glob(pattern))
+    bucket = storage.bucket(pattern)
+    rest = pattern[len(bucket) :].lstrip("/")
+    return sorted(os.fspath(p) for p in storage.path(bucket).glob(rest))
+
+
 def read_classes(path: str) -> list[str]:
     """Class names, one per line; a leading index ("1 ApplyEyeMakeup": classInd.txt) is dropped."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
+    text = storage.path(path, "--classes").read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return [re.sub(r"^\d+\s+", "", line) for line in lines]
 
 

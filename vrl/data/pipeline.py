@@ -52,6 +52,10 @@ class DataConfig:
     repeated_samples: int = 1
     num_workers: int = 0
     prefetch: int = 2
+    # Threads making batches ahead, up to `prefetch` (in each worker when num_workers > 0); 0:
+    # one without workers, none in workers. Videos in a bucket want more: each read waits on
+    # the network (benchmarks/remote_reads.py, docs/DATA.md "Data in a bucket").
+    read_threads: int = 0
     # Stop when more than this fraction of decoded videos were unreadable (after 100 videos).
     max_skip_fraction: float = 0.05
 
@@ -63,6 +67,7 @@ class DataConfig:
             repeated_samples=(">= 1", lambda v: v >= 1),
             num_workers=(">= 0", lambda v: v >= 0),
             prefetch=(">= 0", lambda v: v >= 0),
+            read_threads=(">= 0", lambda v: v >= 0),
             max_skip_fraction=("in [0, 1]", lambda v: 0 <= v <= 1),
         )
 
@@ -419,7 +424,9 @@ def _merge_repeats(batch: dict) -> dict:
 
 
 def _to_iter(ds: grain.MapDataset, cfg: DataConfig) -> grain.IterDataset:
-    threads = 1 if cfg.prefetch > 0 and cfg.num_workers == 0 else 0
+    threads = 0  # prefetch=0: each batch is made when it is asked for
+    if cfg.prefetch > 0:
+        threads = cfg.read_threads or (1 if cfg.num_workers == 0 else 0)
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=cfg.prefetch)
     it = ds.to_iter_dataset(options)
     if cfg.num_workers > 0:

@@ -18,10 +18,17 @@ record per video. `--store=frames` keeps JPEG frames (quality --jpeg_quality) in
 (see `vrl.data.store`). Every split of a dataset is written in one run: list them all in
 --split (the manifest's "{split}" is replaced by each).
 
+--videos, --manifest and --out may be bucket URLs (gs://...). TFDS finalises a dataset only on
+a local disk (without TensorFlow), so for a URL --out the dataset is written in a local staging
+folder and then uploaded, its dataset_info.json last: a dataset whose dataset_info.json is in
+the bucket is complete. The work directory (finished items, failed_<split>.csv) lives in the
+bucket too, so a re-run on another machine resumes where a crashed one stopped.
+
 `--make_manifest=kinetics|ucf101|hmdb51` converts the official annotation files into
 manifests instead (`vrl.data.manifests`; see docs/DATA.md).
 """
 
+import contextlib
 import csv
 import dataclasses
 import fractions
@@ -33,8 +40,8 @@ import multiprocessing
 import os
 import pickle
 import re
-import shutil
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Iterator, Sequence
@@ -48,6 +55,7 @@ from absl import app, flags, logging
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from vrl import storage
 from vrl.data import decode, manifests
 from vrl.data import store as store_lib
 
@@ -55,6 +63,8 @@ X264_PRESET = "fast"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _LOG_EVERY_S = 10.0
 _SHOWN = 20  # failures listed in the log summary (all of them go to the CSV)
+# A prepared dataset is complete when this file exists (TFDS writes it last, `_upload` too).
+_FINISHED = "dataset_info.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +84,7 @@ class Options:
 
 @dataclasses.dataclass(frozen=True)
 class _Task:
-    path: str  # absolute
+    path: str  # absolute, or a URL
     id: str  # path relative to the video root, unique within a split
     labels: tuple[tuple[str, int], ...]  # (label set, class index) pairs
     cache: str  # where the finished item is (or will be) stored
@@ -100,8 +110,7 @@ def encode_item(path: str, options: Options) -> dict[str, Any]:
     """
     info = decode.probe(path, options.fps)
     if options.store == "video" and options.short_side is None and options.fps is None:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = storage.path(path).read_bytes()
         decode.decode_frames(data, np.array([0, info.num_frames - 1]), name=path)  # readable?
         return {"video": data, "num_frames": info.num_frames, "fps": info.fps}
     frames = decode.iter_frames(path, fps=options.fps, short_side=options.short_side)
@@ -154,7 +163,7 @@ def _h264(frames: Iterator[np.ndarray], fps: float, crf: int) -> tuple[bytes, in
 
 def _run_task(task: _Task) -> tuple[_Task, str, str]:
     """(task, "cached" | "transcoded" | "failed", reason); never raises, so the pool survives."""
-    if os.path.exists(task.cache):
+    if storage.path(task.cache).exists():
         return task, "cached", ""
     try:
         item = encode_item(task.path, task.options)
@@ -162,11 +171,8 @@ def _run_task(task: _Task) -> tuple[_Task, str, str]:
         return task, "failed", str(e)
     except Exception as e:  # one odd input must not end a run over thousands of them
         return task, "failed", f"{task.path}: {type(e).__name__}: {e}"
-    os.makedirs(os.path.dirname(task.cache), exist_ok=True)
-    partial = f"{task.cache}.{os.getpid()}.tmp"
-    with open(partial, "wb") as f:
-        pickle.dump(item, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(partial, task.cache)  # atomic: a killed run never leaves a half item
+    # Atomic: a killed run never leaves a half item.
+    storage.write_atomic(task.cache, pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
     return task, "transcoded", ""
 
 
@@ -216,8 +222,7 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 summary.failed.append((task.id, reason))
                 continue
             setattr(summary, status, getattr(summary, status) + 1)
-            with open(task.cache, "rb") as f:
-                item = pickle.load(f)
+            item = pickle.loads(storage.path(task.cache).read_bytes())
             # id and labels from this run's manifest: only pixels are cached.
             example = store_lib.video_fields(task.id, item["num_frames"], item["fps"], task.labels)
             summary.examples += 1
@@ -315,13 +320,16 @@ def prepare(
     videos, out = os.path.expanduser(videos), os.path.expanduser(out)
     work_dir = work_dir or os.path.join(out, "_work", name)
     try:
+        for flag, value in (("--videos", videos), ("--out", out), ("--work_dir", work_dir)):
+            storage.check(value, flag)
         rows = _read_inputs(videos, manifest, name, splits, options, allow_outside_root)
         names, lookups = _classes(rows, classes, manifest)
+        stats = _file_stats(videos, rows)
     except (OSError, ValueError) as e:
         raise InputError(str(e)) from None
-    prepared_from = _prepared_from(rows, names, options, videos)
+    prepared_from = _prepared_from(rows, names, options, stats)
     dataset_dir = store_lib.dataset_dir(out, name)
-    if os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
+    if storage.path(dataset_dir).joinpath(_FINISHED).exists():
         if not overwrite:
             changes = _changes(dataset_dir, prepared_from)
             if not changes:
@@ -334,7 +342,8 @@ def prepare(
                 f"{work_dir} are reused), or give another --name"
             )
         logging.warning("--overwrite: deleting %s to prepare it again", dataset_dir)
-        shutil.rmtree(dataset_dir)
+        storage.remove(storage.path(dataset_dir) / _FINISHED)  # first: no longer complete
+        storage.remove(dataset_dir)
     fields = [f.name for f in dataclasses.fields(options) if f.name != "chunk_frames"]
     encoding = tuple(getattr(options, name) for name in fields)  # see Options
     key = hashlib.sha1(repr(encoding).encode()).hexdigest()[:8]
@@ -344,7 +353,7 @@ def prepare(
                 path=os.path.join(videos, r.path),
                 id=r.path,
                 labels=tuple((s, lookups[s][r.labels[s]]) for s in names),
-                cache=_cache_path(work_dir, key, videos, r.path),
+                cache=_cache_path(work_dir, key, r.path, stats[r.path]),
                 options=options,
             )
             for r in split_rows
@@ -352,26 +361,45 @@ def prepare(
         for split, split_rows in rows.items()
     }
     summary = {split: SplitSummary() for split in splits}
-    builder = _builder_class(name)(
-        tasks=tasks,
-        options=options,
-        classes=names,
-        workers=workers or os.cpu_count() or 1,
-        summary=summary,
-        prepared_from=prepared_from,
-        data_dir=out,
-        file_format="array_record",
-    )
-    try:
-        builder.download_and_prepare(
-            download_dir=os.path.join(work_dir, "downloads"),
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+    with contextlib.ExitStack() as stack:
+        data_dir, download_dir = out, os.path.join(work_dir, "downloads")
+        if storage.is_remote(out) or storage.is_remote(work_dir):
+            staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="vrl-prepare-"))
+            download_dir = os.path.join(staging, "downloads")
+            if storage.is_remote(out):
+                data_dir = os.path.join(staging, "data")
+        builder = _builder_class(name)(
+            tasks=tasks,
+            options=options,
+            classes=names,
+            workers=workers or os.cpu_count() or 1,
+            summary=summary,
+            prepared_from=prepared_from,
+            data_dir=data_dir,
+            file_format="array_record",
         )
-    except InputError:
-        _report(summary, name, out, work_dir)  # lists every unreadable input
-        raise
+        try:
+            builder.download_and_prepare(
+                download_dir=download_dir,
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            )
+        except InputError:
+            _report(summary, name, out, work_dir)  # lists every unreadable input
+            raise
+        if data_dir != out:
+            _upload(store_lib.dataset_dir(data_dir, name), dataset_dir)
     _report(summary, name, out, work_dir)
     return summary
+
+
+def _upload(local: str, remote: str) -> None:
+    """Copies a finished dataset into the bucket, dataset_info.json last: an interrupted upload
+    leaves a dataset that a re-run sees as absent and prepares again."""
+    storage.remove(remote)  # leftovers of an interrupted upload
+    for child in sorted(os.listdir(local)):
+        if child != _FINISHED:
+            storage.copy(os.path.join(local, child), storage.path(remote) / child)
+    storage.copy(os.path.join(local, _FINISHED), storage.path(remote) / _FINISHED)
 
 
 def _read_inputs(
@@ -385,7 +413,7 @@ def _read_inputs(
     """Every split's manifest rows, after checking the arguments and that the files exist."""
     if not _NAME.match(name):
         raise ValueError(f"--name={name!r}: use lower_snake_case (letters, digits, _)")
-    if not os.path.isdir(videos):
+    if not storage.path(videos).is_dir():
         raise FileNotFoundError(f"--videos={videos} is not a directory")
     if options.store not in ("video", "frames"):
         raise ValueError(f"--store={options.store!r}; allowed: video, frames")
@@ -420,15 +448,46 @@ def _classes(rows: dict[str, list[manifests.ManifestRow]], classes, manifest: st
     return names, lookups
 
 
-def _prepared_from(rows, names, options: Options, videos: str) -> dict:
+def _file_stats(videos: str, rows: dict[str, list[manifests.ManifestRow]]) -> dict[str, tuple]:
+    """(size, modification time) of every listed video, by manifest path.
+
+    In a bucket, one listing per folder rather than a request per video (a Kinetics split has
+    hundreds of thousands); the modification time there is the object's generation.
+    """
+    paths = sorted({r.path for split_rows in rows.values() for r in split_rows})
+    if not storage.is_remote(videos):
+        stats = {}
+        for rel in paths:
+            stat = os.stat(os.path.join(videos, rel))
+            stats[rel] = (stat.st_size, stat.st_mtime_ns)
+        return stats
+    import fsspec  # noqa: PLC0415 - what epath uses for buckets
+
+    fs, _ = fsspec.core.url_to_fs(videos)
+    listings: dict[str, dict[str, dict]] = {}
+    stats = {}
+    for rel in paths:
+        folder, base = os.path.split(os.path.join(videos, rel))
+        if folder not in listings:
+            listings[folder] = {
+                os.path.basename(info["name"].rstrip("/")): info
+                for info in fs.ls(folder, detail=True)
+            }
+        info = listings[folder][base]
+        changed = info.get("generation") or info.get("mtime") or info.get("LastModified")
+        stats[rel] = (int(info["size"]), str(changed or info.get("etag", "")))
+    return stats
+
+
+def _prepared_from(rows, names, options: Options, stats: dict[str, tuple]) -> dict:
     """Options, class names and, per split, the video count and a digest of the manifest rows
     with each file's size and modification time (as JSON gives it back)."""
     splits = {}
     for split, split_rows in rows.items():
         digest = hashlib.sha256()
         for r in split_rows:
-            stat = os.stat(os.path.join(videos, r.path))
-            item = (r.path, sorted(r.labels.items()), stat.st_size, stat.st_mtime_ns)
+            size, mtime = stats[r.path]
+            item = (r.path, sorted(r.labels.items()), size, mtime)
             digest.update(repr(item).encode())
         splits[split] = {"videos": len(split_rows), "sha256": digest.hexdigest()[:16]}
     record = {"options": dataclasses.asdict(options), "classes": names, "splits": splits}
@@ -441,8 +500,8 @@ def _changes(dataset_dir: str, now: dict) -> list[str]:
     Asking for fewer splits than the dataset has is no change.
     """
     try:
-        with open(os.path.join(dataset_dir, "metadata.json"), encoding="utf-8") as f:
-            before = json.load(f).get(store_lib.PREPARED_FROM)
+        text = storage.path(dataset_dir).joinpath("metadata.json").read_text(encoding="utf-8")
+        before = json.loads(text).get(store_lib.PREPARED_FROM)
     except FileNotFoundError:
         before = None
     if before is None:  # prepared before inputs were recorded: only the splits can be compared
@@ -468,18 +527,17 @@ def _changes(dataset_dir: str, now: dict) -> list[str]:
 
 
 def _manifest_path(manifest: str, split: str, videos: str) -> str:
-    """The manifest as given (cwd or absolute), else relative to the video root."""
+    """The manifest as given (cwd, absolute or a URL), else relative to the video root."""
     path = manifest.replace("{split}", split)
-    if os.path.exists(path) or os.path.isabs(path):
+    if storage.is_remote(path) or os.path.exists(path) or os.path.isabs(path):
         return path
     return os.path.join(videos, path)
 
 
-def _cache_path(work_dir: str, options_key: str, videos: str, rel: str) -> str:
+def _cache_path(work_dir: str, options_key: str, rel: str, stat: tuple) -> str:
     """Keyed by input path, size, mtime and options: a changed input or option is redone."""
-    full = os.path.join(videos, rel)
-    stat = os.stat(full)
-    digest = hashlib.sha1(f"{rel}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    size, mtime = stat
+    digest = hashlib.sha1(f"{rel}|{size}|{mtime}".encode()).hexdigest()
     return os.path.join(work_dir, "items", options_key, digest[:2], f"{digest}.pkl")
 
 
@@ -492,10 +550,11 @@ def _report(summary: dict[str, SplitSummary], name: str, out: str, work_dir: str
         if not s.failed:
             continue
         path = os.path.join(work_dir, f"failed_{split}.csv")
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "reason"])
-            writer.writerows(sorted(s.failed))
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["path", "reason"])
+        writer.writerows(sorted(s.failed))
+        storage.write_atomic(path, text.getvalue().encode("utf-8"))
         for video, reason in sorted(s.failed)[:_SHOWN]:
             logging.warning("  skipped %s: %s", video, reason)
         more = f" ({len(s.failed) - _SHOWN} more)" if len(s.failed) > _SHOWN else ""

@@ -27,6 +27,7 @@ from ml_collections import config_flags
 from PIL import Image, ImageDraw, ImageFont
 
 from vrl import config as config_lib
+from vrl import storage
 from vrl.data import pipeline
 from vrl.objectives import base
 
@@ -192,8 +193,14 @@ def captioned(caption: str, images: Sequence[Image.Image], font) -> Image.Image:
 
 
 def render(examples: Sequence[dict], info: dict, out: str) -> list[str]:
-    """Writes example_<i>.gif per example and contact_sheet.png into `out`; returns the paths."""
-    os.makedirs(out, exist_ok=True)
+    """Writes example_<i>.gif per example and contact_sheet.png into `out` (a folder or a
+    bucket URL: PIL writes local files, uploaded at the end); returns the paths."""
+    with storage.staged(out) as folder:
+        names = _render(examples, info, folder)
+    return [os.path.join(out, name) for name in names]
+
+
+def _render(examples: Sequence[dict], info: dict, out: str) -> list[str]:
     font = ImageFont.load_default()
     paths, sheet_rows = [], []
     for i, example in enumerate(examples):
@@ -203,9 +210,15 @@ def render(examples: Sequence[dict], info: dict, out: str) -> list[str]:
         caption = describe(example, info["label_names"])
         bodies = [compose(rows, t, scale, font) for t in range(frames)]
         images = [captioned(caption, [body], font) for body in bodies]
-        path = os.path.join(out, f"example_{i}.gif")
-        images[0].save(path, save_all=True, append_images=images[1:], duration=FRAME_MS, loop=0)
-        paths.append(path)
+        name = f"example_{i}.gif"
+        images[0].save(
+            os.path.join(out, name),
+            save_all=True,
+            append_images=images[1:],
+            duration=FRAME_MS,
+            loop=0,
+        )
+        paths.append(name)
         times = np.unique(np.linspace(0, frames - 1, min(SHEET_TIMES, frames)).round().astype(int))
         label = f"{caption} | frames {', '.join(str(t) for t in times)}"
         sheet_rows.append(captioned(label, [bodies[t] for t in times], font))
@@ -216,9 +229,8 @@ def render(examples: Sequence[dict], info: dict, out: str) -> list[str]:
     for row in sheet_rows:
         sheet.paste(row, (0, y))
         y += row.height
-    path = os.path.join(out, "contact_sheet.png")
-    sheet.save(path)
-    paths.append(path)
+    sheet.save(os.path.join(out, "contact_sheet.png"))
+    paths.append("contact_sheet.png")
     return paths
 
 
@@ -226,6 +238,7 @@ def show(config: Any, out: str, num: int = 4, split: str | None = None) -> list[
     """Renders the first `num` training examples of `config` into `out`; returns the paths."""
     if num < 1:
         raise ValueError(f"--num={num}: must be >= 1")
+    storage.check(out, "--out")  # before the examples are made
     examples, info = make_examples(config, num, split)
     return render(examples, info, out)
 
@@ -236,7 +249,7 @@ def show(config: Any, out: str, num: int = 4, split: str | None = None) -> list[
 def _define_flags() -> None:
     """Flags exist only when this module runs as the program, so importing it defines none."""
     config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("out", None, "Directory for the GIFs and the contact sheet.")
+    flags.DEFINE_string("out", None, "Folder or bucket URL for the GIFs and the contact sheet.")
     flags.DEFINE_integer("num", 4, "Examples to render.")
     flags.DEFINE_string("split", None, "Split to draw from (default: config.data.train_split).")
 
@@ -250,6 +263,9 @@ def main(argv: Sequence[str]) -> None:
         paths = show(flags.FLAGS.config, flags.FLAGS.out, flags.FLAGS.num, flags.FLAGS.split)
     except config_lib.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except storage.StorageError as e:
+        print(f"vrl.data.show: {e}", file=sys.stderr)
         sys.exit(2)
     for path in paths:
         logging.info("wrote %s", path)

@@ -17,13 +17,12 @@ the source presents them.
 
 import abc
 import dataclasses
-import glob
 import os
 from typing import Any
 
 import numpy as np
 
-from vrl import registry
+from vrl import registry, storage
 from vrl.data import decode, manifests, store
 from vrl.data.decode import DecodeError
 from vrl.data.manifests import LABEL_SET, VIDEO_EXTENSIONS
@@ -53,7 +52,8 @@ class Source(abc.ABC):
 @registry.register("source", "video_folder")
 @dataclasses.dataclass
 class VideoFolder(Source):
-    """Video files on a local disk, listed by a manifest CSV or found in a class-folder tree.
+    """Video files on a local disk or in a bucket (`root` gs://...), listed by a manifest CSV or
+    found in a class-folder tree.
 
     Manifest mode: `manifest` is a CSV path (relative to `root` or absolute); a "{split}" in it
     is replaced by `split`, e.g. "manifests/{split}.csv". Without `classes`, class names are
@@ -86,7 +86,7 @@ class VideoFolder(Source):
         if self.short_side is not None and self.short_side <= 0:
             raise ValueError(f"video_folder: short_side must be positive, got {self.short_side}")
         self._root = os.path.expanduser(self.root.replace("{split}", self.split))
-        if not os.path.isdir(self._root):
+        if not storage.check(self._root, "video_folder root").is_dir():
             raise FileNotFoundError(f"video_folder: root {self._root} is not a directory")
         if self.manifest is not None:
             paths, labels, meta, names = self._from_manifest()
@@ -143,8 +143,12 @@ class VideoFolder(Source):
         return self._probed[index]
 
     def _from_manifest(self):
-        # An absolute manifest stays as it is; a relative one is relative to the root.
-        pattern = os.path.join(os.path.expanduser(self.root), os.path.expanduser(self.manifest))
+        # An absolute manifest or a URL stays as it is; a relative one is relative to the root.
+        manifest = os.path.expanduser(self.manifest)
+        if storage.is_remote(manifest):
+            pattern = os.fspath(storage.check(manifest, "video_folder manifest"))
+        else:
+            pattern = os.path.join(os.path.expanduser(self.root), manifest)
         path = pattern.replace("{split}", self.split)
         where = f"video_folder manifest {path}"
         rows = manifests.read_manifest(path)
@@ -162,8 +166,8 @@ class VideoFolder(Source):
             )
         all_labels = {s: [r.labels[s] for r in rows] for s in label_sets}
         if self.classes is None and "{split}" in pattern:
-            for other in sorted(glob.glob(pattern.replace("{split}", "*"))):
-                if os.path.abspath(other) != os.path.abspath(path):
+            for other in manifests.glob_files(pattern.replace("{split}", "*")):
+                if os.fspath(storage.path(other)) != os.fspath(storage.path(path)):
                     for r in manifests.read_manifest(other):
                         for s in label_sets:
                             if s in r.labels:
@@ -178,7 +182,10 @@ class VideoFolder(Source):
 
     def _from_tree(self):
         where = f"video_folder tree {self._root}"
-        entries = [e for e in os.scandir(self._root) if not e.name.startswith(".")]
+        if storage.is_remote(self._root):
+            entries = [e for e in storage.path(self._root).iterdir() if not e.name.startswith(".")]
+        else:
+            entries = [e for e in os.scandir(self._root) if not e.name.startswith(".")]
         folders = sorted(e.name for e in entries if e.is_dir())
         stray = [e.name for e in entries if not e.is_dir()]
         if stray:
@@ -195,12 +202,9 @@ class VideoFolder(Source):
         index = {name: i for i, name in enumerate(names)}
         paths, labels = [], []
         for folder in folders:
-            for dirpath, dirnames, filenames in os.walk(os.path.join(self._root, folder)):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for filename in sorted(filenames):
-                    if not filename.startswith("."):
-                        paths.append(os.path.relpath(os.path.join(dirpath, filename), self._root))
-                        labels.append(index[folder])
+            for path in _files_under(self._root, folder):
+                paths.append(path)
+                labels.append(index[folder])
         if not paths:
             raise ValueError(f"{where}: no videos found (expected root/<class name>/<video>)")
         manifests.check_extensions(paths, self.extensions, where)
@@ -208,6 +212,30 @@ class VideoFolder(Source):
             manifests.check_inside_root(self._root, paths, where)
         labels = [{LABEL_SET: label} for label in labels]
         return paths, labels, [None] * len(paths), {LABEL_SET: names}
+
+
+def _files_under(root: str, folder: str) -> list[str]:
+    """Paths relative to `root` of the files under root/folder, hidden ones left out, in
+    sorted-walk order."""
+    if not storage.is_remote(root):
+        out = []
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if not filename.startswith("."):
+                    out.append(os.path.relpath(os.path.join(dirpath, filename), root))
+        return out
+    entries = sorted(
+        (e for e in storage.path(root).joinpath(folder).iterdir() if not e.name.startswith(".")),
+        key=lambda e: e.name,
+    )
+    out, below = [], []
+    for entry in entries:
+        if entry.is_dir():
+            below.extend(_files_under(root, f"{folder}/{entry.name}"))
+        else:
+            out.append(f"{folder}/{entry.name}")
+    return out + below
 
 
 @registry.register("source", "tfds")

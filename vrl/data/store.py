@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vrl import storage
 from vrl.data.decode import DecodeError
 from vrl.data.manifests import LABEL_SET
 
@@ -35,7 +36,7 @@ FIRST_RECORD = "first_record"
 
 
 def dataset_dir(data_dir: str, name: str) -> str:
-    """Where TFDS keeps dataset `name` of a data dir."""
+    """Where TFDS keeps dataset `name` of a data dir (a local folder or a bucket URL)."""
     return os.path.join(data_dir, name, VERSION)
 
 
@@ -203,6 +204,8 @@ class Reader:
     def _open(self):
         if self._source is None:
             data_dir = os.path.expanduser(self.data_dir) if self.data_dir else None
+            if data_dir is not None and storage.is_remote(data_dir):
+                storage.check(data_dir, "tfds source data_dir")  # TFDS reads the URL itself
             self._source = _data_source(self.dataset, data_dir, self.split)
         return self._source
 
