@@ -27,11 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
 
 
-def tiny_videomae_folder(folder) -> str:
+def tiny_videomae_folder(folder, image_size=32, patch_size=16, num_frames=4) -> str:
+    """A randomly initialised Hugging Face VideoMAE, saved as `save_pretrained` does."""
     config = transformers.VideoMAEConfig(
-        image_size=32,
-        patch_size=16,
-        num_frames=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_frames=num_frames,
         tubelet_size=2,
         hidden_size=32,
         num_hidden_layers=1,

@@ -14,6 +14,7 @@ import sys
 
 import jax
 import pytest
+from test_convert_cli import tiny_videomae_folder
 from test_probe_cli import probe_cli
 
 from vrl import api, convert, storage
@@ -22,8 +23,6 @@ from vrl import config as config_lib
 from vrl.probe import data as probe_data
 from vrl.probe import main as probe_main
 
-transformers = pytest.importorskip("transformers")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = "knn_motion_pretrained"
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -31,18 +30,8 @@ SOURCE = {"name": "synthetic", "num_videos": 16, "frames": 16, "size": 64}
 
 
 def hf_folder(folder) -> str:
-    config = transformers.VideoMAEConfig(
-        image_size=64,
-        patch_size=8,
-        num_frames=8,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    transformers.VideoMAEModel(config).save_pretrained(folder)
-    return str(folder)
+    """A tiny VideoMAE that fits the SALT `:runlocal` student (64 px, 8 frames, 8x8 patches)."""
+    return tiny_videomae_folder(folder, image_size=64, patch_size=8, num_frames=8)
 
 
 def knn_job(workdir: str) -> None:
