@@ -7,6 +7,7 @@ itself starts only when a test asks for it (the `gcs_server` / `gcs_dir` fixture
 """
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -38,6 +39,9 @@ def configure_environment() -> None:
     """Points every GCS client at http://127.0.0.1:PORT (a port chosen once per session)."""
     if available() is not None:
         return
+    # Without credentials gcsfs cannot ask the emulator for a bucket's type and says so on
+    # every access before it falls back to plain Cloud Storage: expected here.
+    logging.getLogger("gcsfs").setLevel(logging.ERROR)
     port = os.environ.setdefault(_PORT_VAR, str(_free_port()))
     url = f"http://127.0.0.1:{port}"
     for name, value in {

@@ -1,6 +1,7 @@
 """prepare -> tfds.data_source -> decode round trips, resuming, failure summaries, manifests."""
 
 import csv
+import io
 import os
 import pickle
 import shutil
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import videos
 
-from vrl import config
+from vrl import config, storage
 from vrl.data import decode, manifests, prepare, sources
 
 LENGTHS = {"cat/a.mp4": 30, "cat/b.webm": 24, "dog/c.avi": 36}
@@ -203,11 +204,25 @@ def touch(path) -> None:
 
 
 def read(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(storage.path(path).read_text(), newline="")))
 
 
-def test_kinetics_manifest(tmp_path):
+@pytest.fixture(params=["local", "bucket"])
+def place(request, tmp_path):
+    """Where the annotation files and videos are read from and manifests written to: tmp_path
+    itself, or a copy of it in a bucket (the Cloud Storage emulator)."""
+    if request.param == "local":
+        return lambda: str(tmp_path)
+    folder = request.getfixturevalue("gcs_dir")
+
+    def upload() -> str:
+        storage.copy(tmp_path, folder)
+        return folder
+
+    return upload
+
+
+def test_kinetics_manifest(tmp_path, place):
     train = tmp_path / "k600" / "train"
     touch(train / "abc_000010_000020.mp4")
     touch(train / "abseiling" / "x-y_000000_000010.mp4")  # class folders work too
@@ -219,20 +234,21 @@ def test_kinetics_manifest(tmp_path):
         "abseiling,abc,30,40,val\n"
     )
     touch(tmp_path / "k600" / "val" / "abc_000030_000040.mp4")
+    root = place()
     written = manifests.kinetics_manifest(
-        str(tmp_path / "train.csv"), str(tmp_path / "k600"), str(tmp_path / "m" / "{split}.csv")
+        f"{root}/train.csv", f"{root}/k600", f"{root}/m/{{split}}.csv"
     )
     assert written == {"train": 2, "validation": 1}
-    assert read(tmp_path / "m" / "train.csv") == [
+    assert read(f"{root}/m/train.csv") == [
         {"path": "train/abc_000010_000020.mp4", "label": "passing American football (in game)"},
         {"path": "train/abseiling/x-y_000000_000010.mp4", "label": "abseiling"},
     ]
-    assert read(tmp_path / "m" / "validation.csv") == [
+    assert read(f"{root}/m/validation.csv") == [
         {"path": "val/abc_000030_000040.mp4", "label": "abseiling"}
     ]
 
 
-def test_ucf101_manifest_and_class_index(tmp_path):
+def test_ucf101_manifest_and_class_index(tmp_path, place):
     videos_dir, lists = tmp_path / "UCF-101", tmp_path / "ucfTrainTestlist"
     for rel in ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "YoYo/v_YoYo_g01_c01.avi"]:
         touch(videos_dir / rel)
@@ -240,24 +256,27 @@ def test_ucf101_manifest_and_class_index(tmp_path):
     (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\n")
     (lists / "testlist01.txt").write_text("YoYo/v_YoYo_g01_c01.avi\n")
     (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 YoYo\n")
+    root = place()
     written = manifests.ucf101_manifest(
-        str(lists), str(videos_dir), str(tmp_path / "{split}.csv"), fold=1
+        f"{root}/ucfTrainTestlist", f"{root}/UCF-101", f"{root}/{{split}}.csv", fold=1
     )
     assert written == {"train": 1, "test": 1}
-    assert read(tmp_path / "test.csv") == [{"path": "YoYo/v_YoYo_g01_c01.avi", "label": "YoYo"}]
-    assert manifests.read_classes(str(lists / "classInd.txt")) == ["ApplyEyeMakeup", "YoYo"]
+    assert read(f"{root}/test.csv") == [{"path": "YoYo/v_YoYo_g01_c01.avi", "label": "YoYo"}]
+    classes = manifests.read_classes(f"{root}/ucfTrainTestlist/classInd.txt")
+    assert classes == ["ApplyEyeMakeup", "YoYo"]
 
 
-def test_hmdb51_manifest(tmp_path):
+def test_hmdb51_manifest(tmp_path, place):
     videos_dir, splits = tmp_path / "hmdb51", tmp_path / "splits"
     for rel in ["brush_hair/a.avi", "brush_hair/b.avi", "brush_hair/c.avi"]:
         touch(videos_dir / rel)
     splits.mkdir()
     (splits / "brush_hair_test_split1.txt").write_text("a.avi 1 \nb.avi 2 \nc.avi 0 \n")
     (splits / "brush_hair_test_split2.txt").write_text("a.avi 2 \nb.avi 1 \nc.avi 1 \n")
+    root = place()
     written = manifests.hmdb51_manifest(
-        str(splits), str(videos_dir), str(tmp_path / "{split}.csv"), fold=1
+        f"{root}/splits", f"{root}/hmdb51", f"{root}/{{split}}.csv", fold=1
     )
     assert written == {"train": 1, "test": 1}
-    assert read(tmp_path / "train.csv") == [{"path": "brush_hair/a.avi", "label": "brush_hair"}]
-    assert read(tmp_path / "test.csv") == [{"path": "brush_hair/b.avi", "label": "brush_hair"}]
+    assert read(f"{root}/train.csv") == [{"path": "brush_hair/a.avi", "label": "brush_hair"}]
+    assert read(f"{root}/test.csv") == [{"path": "brush_hair/b.avi", "label": "brush_hair"}]

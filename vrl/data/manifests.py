@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
+import fsspec
 from absl import logging
 
 from vrl import storage
@@ -235,15 +236,8 @@ def check_extensions(paths: Sequence[str], extensions: Sequence[str], where: str
 
 def check_exist(root: str, paths: Sequence[str], where: str) -> None:
     """Raises naming the first few missing files; lists each directory once."""
-    listings: dict[str, set[str]] = {}
-    missing = []
-    for rel in paths:
-        full = os.path.join(root, rel)
-        folder, base = os.path.split(full)
-        if folder not in listings:
-            listings[folder] = set(list_names(folder))
-        if base not in listings[folder]:
-            missing.append(rel)
+    exists = _Listings(root, where)
+    missing = [rel for rel in paths if not exists(rel)]
     if missing:
         raise FileNotFoundError(
             f"{where}: {len(missing)} of {len(paths)} listed video(s) are missing under {root}, "
@@ -289,23 +283,19 @@ def kinetics_manifest(annotations: str, videos: str, manifest: str) -> dict[str,
     Files are `{youtube_id}_{start:06d}_{end:06d}.mp4` anywhere under `videos` (flat, as the
     CVDF K600 archives extract, or in class folders). Rows whose video is missing (removed
     from YouTube) are left out and counted. Returns the rows written per split.
+    Every path may be local or in a bucket.
     """
-    present = {}
-    for folder, _, files in os.walk(videos):
-        for file in files:
-            present[file] = os.path.relpath(os.path.join(folder, file), videos)
+    present = {os.path.basename(rel): rel for rel in _files_under(videos)}
     out: dict[str, list[ManifestRow]] = {}
     missing: dict[str, int] = {}
-    with open(annotations, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            start, end = int(row["time_start"]), int(row["time_end"])
-            file = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
-            split = _KINETICS_SPLITS.get(row.get("split") or "train", row.get("split"))
-            if file not in present:
-                missing[split] = missing.get(split, 0) + 1
-                continue
-            row = ManifestRow(present[file], row.get("label") or None)
-            out.setdefault(split, []).append(row)
+    for row in csv.DictReader(io.StringIO(_read_text(annotations), newline="")):
+        start, end = int(row["time_start"]), int(row["time_end"])
+        file = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
+        split = _KINETICS_SPLITS.get(row.get("split") or "train", row.get("split"))
+        if file not in present:
+            missing[split] = missing.get(split, 0) + 1
+            continue
+        out.setdefault(split, []).append(ManifestRow(present[file], row.get("label") or None))
     return _write_manifests(out, manifest, missing)
 
 
@@ -313,16 +303,16 @@ def ucf101_manifest(splits_dir: str, videos: str, manifest: str, fold: int) -> d
     """UCF101 `ucfTrainTestlist/{train,test}list0{fold}.txt` -> train/test manifests."""
     out: dict[str, list[ManifestRow]] = {}
     missing: dict[str, int] = {}
+    exists = _Listings(videos)
     for split in ("train", "test"):
-        with open(os.path.join(splits_dir, f"{split}list0{fold}.txt"), encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                rel = line.split()[0]
-                if not os.path.exists(os.path.join(videos, rel)):
-                    missing[split] = missing.get(split, 0) + 1
-                    continue
-                out.setdefault(split, []).append(ManifestRow(rel, rel.split("/")[0]))
+        for line in _read_text(storage.path(splits_dir) / f"{split}list0{fold}.txt").splitlines():
+            if not line.strip():
+                continue
+            rel = line.split()[0]
+            if not exists(rel):
+                missing[split] = missing.get(split, 0) + 1
+                continue
+            out.setdefault(split, []).append(ManifestRow(rel, rel.split("/")[0]))
     return _write_manifests(out, manifest, missing)
 
 
@@ -333,23 +323,55 @@ def hmdb51_manifest(splits_dir: str, videos: str, manifest: str, fold: int) -> d
     """
     out: dict[str, list[ManifestRow]] = {}
     missing: dict[str, int] = {}
-    pattern = os.path.join(splits_dir, f"*_test_split{fold}.txt")
-    for path in sorted(glob.glob(pattern)):
-        label = os.path.basename(path)[: -len(f"_test_split{fold}.txt")]
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) != 2 or parts[1] not in ("1", "2"):
-                    continue
-                split = "train" if parts[1] == "1" else "test"
-                rel = f"{label}/{parts[0]}"
-                if not os.path.exists(os.path.join(videos, rel)):
-                    missing[split] = missing.get(split, 0) + 1
-                    continue
-                out.setdefault(split, []).append(ManifestRow(rel, label))
+    exists = _Listings(videos)
+    suffix = f"_test_split{fold}.txt"
+    pattern = os.fspath(storage.path(splits_dir) / f"*{suffix}")
+    for path in glob_files(pattern):
+        label = storage.path(path).name[: -len(suffix)]
+        for line in _read_text(path).splitlines():
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("1", "2"):
+                continue
+            split = "train" if parts[1] == "1" else "test"
+            rel = f"{label}/{parts[0]}"
+            if not exists(rel):
+                missing[split] = missing.get(split, 0) + 1
+                continue
+            out.setdefault(split, []).append(ManifestRow(rel, label))
     if not out:
         raise FileNotFoundError(f"no HMDB51 split files match {pattern}")
     return _write_manifests(out, manifest, missing)
+
+
+def _files_under(root: str) -> list[str]:
+    """Every file under `root`, relative to it: a walk on disk, one listing in a bucket."""
+    root = os.fspath(storage.path(root, "--videos"))
+    if not storage.is_remote(root):
+        return [
+            os.path.relpath(os.path.join(folder, file), root)
+            for folder, _, files in os.walk(root)
+            for file in files
+        ]
+    fs, key = fsspec.core.url_to_fs(root)
+    return [found[len(key.rstrip("/")) + 1 :] for found in fs.find(key)]
+
+
+def _read_text(path: storage.PathLike) -> str:
+    return storage.path(path, "--annotations").read_text(encoding="utf-8")
+
+
+class _Listings:
+    """Whether a file exists under `root`, listing each folder once (one request in a bucket)."""
+
+    def __init__(self, root: str, what: str = "--videos"):
+        self.root = storage.path(root, what)
+        self.names: dict[str, set[str]] = {}
+
+    def __call__(self, rel: str) -> bool:
+        folder, base = os.path.split(os.fspath(self.root / rel))
+        if folder not in self.names:
+            self.names[folder] = set(list_names(folder))
+        return base in self.names[folder]
 
 
 def _write_manifests(rows, manifest: str, missing: dict[str, int]) -> dict[str, int]:
