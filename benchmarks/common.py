@@ -7,7 +7,9 @@ replacing the previous version of that section, with the machine, versions and d
 import os
 import platform
 import re
+import statistics
 import time
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -35,6 +37,18 @@ def machine() -> str:
         f"{os.cpu_count()} cores; python {platform.python_version()}, jax {jax.__version__}; "
         f"{time.strftime('%Y-%m-%d')}"
     )
+
+
+def alternate(
+    contenders: dict[str, Callable[[], int]], rounds: int, measure: Callable[[Callable], float]
+) -> dict[str, float]:
+    """Median of `measure(run)` for each contender, alternating them round by round, so that a
+    noisy machine's slow spells fall on every contender alike."""
+    values: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            values[name].append(measure(run))
+    return {name: statistics.median(v) for name, v in values.items()}
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

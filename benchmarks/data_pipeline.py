@@ -131,11 +131,7 @@ def cpu_rate(run: Callable[[], int]) -> float:
 
 def rounds(contenders: dict[str, Callable[[], int]], count: int) -> dict[str, float]:
     """Median clips per CPU-second of each contender, alternating them round by round."""
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(count):
-        for name, run in contenders.items():
-            rates[name].append(cpu_rate(run))
-    return {name: statistics.median(r) for name, r in rates.items()}
+    return common.alternate(contenders, count, cpu_rate)
 
 
 def data_config(source: dict, repeats: int = 1, workers: int = 0) -> pipeline.DataConfig:

@@ -200,11 +200,7 @@ def per_item_ms(run: Callable[[], int]) -> float:
 
 def alternate(contenders: dict[str, Callable[[], int]], rounds: int) -> dict[str, float]:
     """Median wall milliseconds per item of each contender, alternating them round by round."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            times[name].append(per_item_ms(run))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return common.alternate(contenders, rounds, per_item_ms)
 
 
 def record_reads(data_dir: str, clips: int, seed: int) -> Callable[[], int]:
