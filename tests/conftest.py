@@ -1,9 +1,22 @@
-"""Test set-up: 8 fake CPU devices, set before jax is imported anywhere."""
+"""Test set-up: 8 fake CPU devices, set before jax is imported anywhere.
 
+One persistent JAX compilation cache serves the whole session, in this process and in every
+`python -m vrl.main` it starts: many tests train the same tiny recipes, and only the first
+compile of each step is paid for (a cache hit gives the same executable).
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="vrl-test-jax-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 
 from tests import gcs  # noqa: E402 - points every GCS client at the emulator before any is imported
 
