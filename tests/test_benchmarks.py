@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_benchmark(name: str, *args: str) -> str:
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # benchmarks time their own compiles
     done = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", *args],
         cwd=REPO,
@@ -111,6 +112,13 @@ def test_checkpointing_prints_its_table():
 
 
 @pytest.mark.slow
+def test_prepare_beam_prints_local_and_beam_times_and_their_ratio():
+    out = run_benchmark("prepare_beam", "--videos=4", "--seconds=1", "--rounds=1")
+    header, *rows = table(out)
+    assert header[0] == "runner" and [row[0] for row in rows] == ["local", "beam"], out
+    assert re.search(r"Beam/local = \d+\.\d\d", out), out
+
+
 def test_end_to_end_accounts_for_every_phase(tmp_path):
     out = run_benchmark("end_to_end", "--quick", f"--workdir={tmp_path}")
     (header, *rows), (_, *probes) = tables(out)

@@ -24,10 +24,15 @@ folder and then uploaded, its dataset_info.json last: a dataset whose dataset_in
 the bucket is complete. The work directory (finished items, failed_<split>.csv) lives in the
 bucket too, so a re-run on another machine resumes where a crashed one stopped.
 
+`--runner=beam` transcodes in an Apache Beam pipeline instead of the process pool
+(--beam_options: DirectRunner on this machine, or Dataflow, Spark, Flink), with the same output;
+--dry_run prints the command (see `vrl.data.prepare_beam` and docs/DATA.md).
+
 `--make_manifest=kinetics|ucf101|hmdb51` converts the official annotation files into
 manifests instead (`vrl.data.manifests`; see docs/DATA.md).
 """
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -44,7 +49,7 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -56,7 +61,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from vrl import storage
-from vrl.data import decode, manifests
+from vrl.data import decode, manifests, prepare_beam
 from vrl.data import store as store_lib
 
 X264_PRESET = "fast"
@@ -184,11 +189,11 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version(store_lib.VERSION)
 
-    def __init__(self, *, tasks, options, classes, workers, summary, prepared_from, **kwargs):
+    def __init__(self, *, tasks, options, classes, results, summary, prepared_from, **kwargs):
         self._tasks: dict[str, list[_Task]] = tasks
         self._options: Options = options
         self._classes: dict[str, list[str]] = classes  # label set -> class names
-        self._workers: int = workers
+        self._results: Callable[[str], Iterator[tuple[_Task, str, str]]] = results  # per split
         self._summary: dict[str, SplitSummary] = summary
         self._prepared_from: dict = prepared_from
         super().__init__(**kwargs)
@@ -217,12 +222,11 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         tasks = self._tasks[split]
         order = {task.id: i for i, task in enumerate(tasks)}
         records = {}  # frames store: manifest position -> records written for that video
-        for task, status, reason in _run_pool(tasks, self._workers, split):
+        for task, status, reason, item in _read_ahead(self._results(split)):
             if status == "failed":
                 summary.failed.append((task.id, reason))
                 continue
             setattr(summary, status, getattr(summary, status) + 1)
-            item = pickle.loads(storage.path(task.cache).read_bytes())
             # id and labels from this run's manifest: only pixels are cached.
             example = store_lib.video_fields(task.id, item["num_frames"], item["fps"], task.labels)
             summary.examples += 1
@@ -242,6 +246,25 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if self._options.store == "frames":
             counts = [records[video] for video in sorted(records)]
             self.info.metadata[store_lib.FIRST_RECORD][split] = store_lib.first_records(counts)
+
+
+def _read_ahead(results: Iterator[tuple[_Task, str, str]], threads: int = 16):
+    """(task, status, reason, finished item or None), in order, reading items `threads` at a
+    time: in a bucket each read waits tens of ms, and a split has up to ~10^6 of them."""
+
+    def load(result):
+        task, status, _ = result
+        item = None if status == "failed" else storage.path(task.cache).read_bytes()
+        return *result, item and pickle.loads(item)
+
+    with futures.ThreadPoolExecutor(threads) as pool:
+        window = collections.deque()
+        for result in results:
+            window.append(pool.submit(load, result))
+            if len(window) > 2 * threads:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 def _builder_class(name: str) -> type:
@@ -310,8 +333,12 @@ def prepare(
     classes: Sequence[str] | None = None,
     overwrite: bool = False,
     allow_outside_root: bool = False,
+    beam_options: str | None = None,
 ) -> dict[str, SplitSummary]:
     """Builds dataset `name` in `out` from the manifests of `splits`; returns a summary per split.
+
+    With `beam_options` (a --beam_options string), an Apache Beam pipeline transcodes the inputs
+    (`vrl.data.prepare_beam`) instead of a pool of `workers` processes; the output is the same.
 
     Returns an empty dict when the dataset already exists, made from the same inputs (manifest
     rows, file sizes and times, class names) and options. Made from others, it is an
@@ -325,7 +352,9 @@ def prepare(
         rows = _read_inputs(videos, manifest, name, splits, options, allow_outside_root)
         names, lookups = _classes(rows, classes, manifest)
         stats = _file_stats(videos, rows)
-    except (OSError, ValueError) as e:
+        if beam_options is not None:
+            prepare_beam.pipeline_options(beam_options)  # checked before anything is written
+    except (ImportError, OSError, ValueError) as e:
         raise InputError(str(e)) from None
     prepared_from = _prepared_from(rows, names, options, stats)
     dataset_dir = store_lib.dataset_dir(out, name)
@@ -361,6 +390,11 @@ def prepare(
         for split, split_rows in rows.items()
     }
     summary = {split: SplitSummary() for split in splits}
+    if beam_options is None:
+        results = lambda split: _run_pool(tasks[split], workers or os.cpu_count() or 1, split)
+    else:
+        outcomes = prepare_beam.transcode(tasks, work_dir, beam_options, _run_task)
+        results = lambda split: ((t, *outcomes[split, t.id]) for t in tasks[split])
     with contextlib.ExitStack() as stack:
         data_dir, download_dir = out, os.path.join(work_dir, "downloads")
         if storage.is_remote(out) or storage.is_remote(work_dir):
@@ -372,7 +406,7 @@ def prepare(
             tasks=tasks,
             options=options,
             classes=names,
-            workers=workers or os.cpu_count() or 1,
+            results=results,
             summary=summary,
             prepared_from=prepared_from,
             data_dir=data_dir,
@@ -580,6 +614,15 @@ def _define_flags() -> None:
     flags.DEFINE_integer("short_side", None, "Resize so the shorter side has this many pixels.")
     flags.DEFINE_float("fps", None, "Resample to this frame rate (default: the native rate).")
     flags.DEFINE_integer("workers", None, "Worker processes (default: every CPU core).")
+    flags.DEFINE_enum(
+        "runner", "local", ["local", "beam"],
+        "Transcode in a local process pool, or in an Apache Beam pipeline (--beam_options).",
+    )  # fmt: skip
+    flags.DEFINE_string(
+        "beam_options", "--runner=DirectRunner", "--runner=beam: Beam pipeline options, e.g. "
+        "'--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp'.",
+    )  # fmt: skip
+    flags.DEFINE_bool("dry_run", False, "--runner=beam: print the command and exit.")
     flags.DEFINE_string("work_dir", None, "Cache of finished items (default OUT/_work/NAME).")
     flags.DEFINE_string("classes", None, "Class names, one per line ('1 Name' lines work too).")
     flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality for --store=frames.")
@@ -610,6 +653,15 @@ def main(argv: Sequence[str]) -> None:
     absent = [f"--{f}" for f in required if not getattr(FLAGS, f)]
     if absent:
         raise app.UsageError(f"missing {', '.join(absent)}")
+    if FLAGS.dry_run:
+        if FLAGS.runner != "beam":
+            raise app.UsageError("--dry_run is for --runner=beam")
+        try:
+            print(prepare_beam.dry_run(sys.argv, FLAGS.beam_options), end="")
+        except (ImportError, ValueError) as e:
+            print(f"vrl.data.prepare: {e}", file=sys.stderr)
+            sys.exit(2)
+        return
     if FLAGS.make_manifest == "kinetics":
         manifests.kinetics_manifest(FLAGS.annotations, FLAGS.videos, FLAGS.manifest)
     elif FLAGS.make_manifest == "ucf101":
@@ -628,6 +680,7 @@ def main(argv: Sequence[str]) -> None:
                 options=options, workers=FLAGS.workers, work_dir=FLAGS.work_dir,
                 classes=classes, overwrite=FLAGS.overwrite,
                 allow_outside_root=FLAGS.allow_outside_root,
+                beam_options=FLAGS.beam_options if FLAGS.runner == "beam" else None,
             )  # fmt: skip
         except (InputError, FileNotFoundError) as e:  # FileNotFoundError: --classes
             print(f"vrl.data.prepare: {e}", file=sys.stderr)
@@ -635,5 +688,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    # Run as the imported module, so that Beam workers unpickle its classes (a __main__ class
+    # is not importable there).
+    from vrl.data import prepare as _module  # noqa: PLW0406
+
+    _module._define_flags()
+    app.run(_module.main)
