@@ -149,3 +149,56 @@ def runlocal_mixture_data(train_pp: str, test_pp: str):
         {"name": "synthetic", "num_videos": 8, "seed": 1, "size": 80},
     )
     return data_section(source, batch_size=8, train_pp=train_pp, test_pp=test_pp)
+
+
+def rho_clips_config(
+    args,
+    data_dir: str,
+    objective: str,
+    optim: dict,
+    objective_values: dict,
+    runlocal_objective: dict,
+):
+    """A run config for the rho-clip objectives of Feichtenhofer et al. 2021 (rho_moco,
+    rho_byol, rho_swav) as PySlowFast's configs/contrastive_ssl/*.yaml train them on
+    Kinetics-400: Slow-only R50 (vrl's `cvrl_r3d` depth 50), rho clips of 8 frames at stride 8
+    drawn uniformly, MoCo v2 augmentation (crop area [0.2, 0.766], aspect [0.75, 1.333] of the
+    raw frame to 224, flip, colour jitter 0.6 / 0.6 / 0.6 / 0.15 with p 0.8, grayscale p 0.2,
+    blur sigma [0.1, 2] with p 0.5), batch 64, 200 epochs, 35 warmup epochs from lr 0.001,
+    cosine to 0, momentum 0.9. `args` has `runlocal` and `rho`; `data_dir` holds the prepared
+    `kinetics400`; `optim` sets the rest of `config.optim`."""
+    spatial = (
+        "random_resized_crop(size={size}, area=(0.2, 0.766), aspect=(0.75, 1.3333))|flip(p=0.5)"
+        "|color_jitter(p=0.8, brightness=0.6, contrast=0.6, saturation=0.6, hue=0.15)"
+        "|grayscale(p=0.2)|gaussian_blur(p=0.5, sigma=(0.1, 2.0))"
+    )
+    c = run_config(total_epochs=200.0, log_every_steps=100, compute_dtype="bfloat16")
+    c.data = data_section(
+        {
+            "name": "tfds",
+            "dataset": "kinetics400",
+            "data_dir": data_dir,
+        },
+        test_split="validation",
+        batch_size=64,
+        train_pp=f"rho_clips(num_clips={args.rho}, frames=8, stride=8)|" + spatial.format(size=224),
+        test_pp="center_clip(frames=8, stride=8)|resize_short(size=256)|center_crop(size=256)",
+        num_workers=16,
+    )
+    c.model = defaults("model", "cvrl_r3d")
+    c.objective = defaults("objective", objective, **objective_values)
+    c.optim.update(warmup_epochs=35.0, warmup_init_lr=0.001, momentum=0.9, **optim)
+    c.ckpt.every_steps = 2000
+    if args.runlocal:
+        c.total_epochs = None
+        c.total_steps = 3
+        c.log_every_steps = 1
+        c.compute_dtype = "float32"
+        c.data = runlocal_data(
+            f"rho_clips(num_clips={args.rho}, frames=8, stride=2)|" + spatial.format(size=32),
+            "center_clip(frames=8, stride=2)|resize_short(size=32)|center_crop(size=32)",
+        )
+        c.model.update(depth=18, width=0.125)
+        c.objective.update(runlocal_objective)
+        c.optim.update(warmup_epochs=None, warmup_steps=1, warmup_init_lr=0.0)
+    return c

@@ -14,12 +14,17 @@ contrast, saturation and hue, grayscale p 0.2, blur p 1.0 / 0.1 and solarize p 0
 view 1 / 2.
 Data: a `kinetics600` dataset prepared with `python -m vrl.data.prepare` (see docs/DATA.md) in
 $VRL_DATA_DIR (or --config.data.source.data_dir).
+
+`:freqaug=1` adds FreqAug (Kim et al., "Frequency Selective Augmentation for Video
+Representation Learning") after the other train ops: each view, with probability 0.5, loses
+its spatial (below 0.01 cycles per pixel) and temporal (below 0.1 cycles per frame)
+low-frequency components (FreqAug-ST; op `freq_aug`).
 """
 
 import os
 
 from configs.common import data_section, defaults, run_config, runlocal_data
-from vrl.config import parse_arg
+from vrl.config import check_arg, parse_arg
 
 # The TF release's box sampler (tf.image.sample_distorted_bounding_box) and colour ops
 # (tf.image contrast per channel, saturation and hue in HSV): `sampler="tf"`, `style="tf"`.
@@ -30,10 +35,14 @@ CVRL_SPATIAL = (
     'style="tf")'
     "|grayscale(p=0.2)|gaussian_blur(p=(1.0, 0.1), sigma=(0.1, 2.0))|solarize(p=(0.0, 0.2))"
 )
+# `:freqaug=1`: FreqAug-ST at the `freq_aug` op's defaults, taken as the paper's (docs/PARITY.md).
+FREQAUG = '|freq_aug(p=0.5, mode="both", spatial_cutoff=0.01, temporal_cutoff=0.1)'
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, runlocal=False)
+    args = parse_arg(arg, runlocal=False, freqaug=0)
+    check_arg("freqaug", args.freqaug, [0, 1])
+    extra = FREQAUG if args.freqaug else ""
     c = run_config(total_epochs=200.0, log_every_steps=100, compute_dtype="bfloat16")
     c.data = data_section(
         {
@@ -43,7 +52,9 @@ def get_config(arg=None):
         },
         test_split="validation",
         batch_size=1024,
-        train_pp="cvrl_clips(frames=16, stride=2, power=1.0)|" + CVRL_SPATIAL.format(size=224),
+        train_pp="cvrl_clips(frames=16, stride=2, power=1.0)|"
+        + CVRL_SPATIAL.format(size=224)
+        + extra,
         test_pp="center_clip(frames=32, stride=2)|resize_short(size=256)|center_crop(size=224)",
         num_workers=16,
     )
@@ -62,7 +73,7 @@ def get_config(arg=None):
         c.log_every_steps = 1
         c.compute_dtype = "float32"
         c.data = runlocal_data(
-            "cvrl_clips(frames=8, stride=2)|" + CVRL_SPATIAL.format(size=32),
+            "cvrl_clips(frames=8, stride=2)|" + CVRL_SPATIAL.format(size=32) + extra,
             "center_clip(frames=8, stride=2)|resize_short(size=32)|center_crop(size=32)",
         )
         c.model.update(depth=18, width=0.125)

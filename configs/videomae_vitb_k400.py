@@ -14,6 +14,10 @@ Kinetics), `GroupMultiScaleCrop(224, [1, .875, .75, .66])` resized to 224 (`mult
 and no flip (`datasets.DataAugmentationForVideoMAE`); one fixed 1-D sine-cosine table over the
 flattened t*h*w index in encoder and decoder (`get_sinusoid_encoding_table`); targets
 (x - mean) / (sqrt(unbiased var) + 1e-6) (`engine_for_pretraining.train_one_epoch`).
+
+`:mask=motion_guided` hides the tokens that move most instead of a random tube (MGMAE, Huang
+et al. 2023): the `motion_mask` op with MGMAE's per-slot count, 90% of each slot (docs/PARITY.md
+says how it approximates MGMAE's flow-warped masks); everything else is this recipe.
 """
 
 import os
@@ -25,8 +29,9 @@ DECODER = {"S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8)}
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, runlocal=False, size="B")
+    args = parse_arg(arg, runlocal=False, size="B", mask="tube")
     check_arg("size", args.size, list(DECODER))
+    check_arg("mask", args.mask, ["tube", "motion_guided"])
     c = run_config(total_epochs=800.0, log_every_steps=100, compute_dtype="bfloat16")
     c.data = data_section(
         {
@@ -48,6 +53,7 @@ def get_config(arg=None):
     c.objective = defaults(
         "objective",
         "videomae",
+        mask=args.mask,
         decoder_width=width,
         decoder_heads=heads,
         decoder_posemb="sincos_1d",

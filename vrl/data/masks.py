@@ -69,11 +69,13 @@ def tube_mask(grid: Grid = _DEFAULT_GRID, ratio: float = 0.9, suffix: str = "") 
 def running_cell_mask(
     grid: Grid = _DEFAULT_GRID, ratio: float = 0.5, suffix: str = "/decoder"
 ) -> Op:
-    """VideoMAE V2 decoder masking: a 2 x 2 cell pattern that runs round the cell over time.
+    """VideoMAE V2 decoder masking: a 2 x 2 cell pattern that runs through the cell over time.
 
-    Each 2 x 2 cell hides round(4 * ratio) of its positions; from one temporal slot to the
-    next the hidden positions move one step clockwise, so every position is visible in some
-    nearby slot and the kept tokens still cover the whole clip. The starting phase is random.
+    As VideoMAEv2's `RunningCellMaskingGenerator`: a ring of 4 entries, round(4 * ratio) of
+    them hidden, read from a pointer into the cell's positions in row-major order; the
+    pointer moves one step per temporal slot, from a random start. Every cell of a slot shows
+    the same pattern, and over any 4 consecutive slots each position is hidden
+    round(4 * ratio) times, so the kept tokens cover the whole clip.
     Writes `mask/decoder` and `keep_idx/decoder` by default (the decoder's own mask).
     """
     t, h, w = grid
@@ -86,17 +88,12 @@ def running_cell_mask(
         )
     if h % 2 or w % 2:
         raise ValueError(f"running_cell_mask.grid: h and w must be even for 2x2 cells, got {grid}")
-    # Clockwise order of the cell's positions: (0, 0), (0, 1), (1, 1), (1, 0).
-    rows, cols = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 0])
-    pattern = np.arange(4) < per_cell
+    position = np.arange(4)  # (0, 0), (0, 1), (1, 0), (1, 1)
 
     def op(example: dict, rng: np.random.Generator) -> dict:
-        phase = rng.integers(4)
-        mask = np.empty((t, h, w), bool)
-        for slot in range(t):
-            cell = np.empty((2, 2), bool)
-            cell[rows, cols] = np.roll(pattern, phase + slot)
-            mask[slot] = np.tile(cell, (h // 2, w // 2))
+        start = rng.integers(4)
+        cells = (position + start + np.arange(t)[:, None]) % 4 < per_cell  # [t, 4]
+        mask = np.tile(cells.reshape(t, 2, 2), (1, h // 2, w // 2))
         return _write(example, mask.reshape(-1), suffix)
 
     return op
@@ -104,7 +101,11 @@ def running_cell_mask(
 
 @mask_op("motion_mask")
 def motion_mask(
-    grid: Grid = _DEFAULT_GRID, ratio: float = 0.9, temperature: float = 0.5, suffix: str = ""
+    grid: Grid = _DEFAULT_GRID,
+    ratio: float = 0.9,
+    temperature: float = 0.5,
+    per_slot: bool = False,
+    suffix: str = "",
 ) -> Op:
     """Motion-guided masking: hides the tokens that move most, with some randomness.
 
@@ -112,21 +113,25 @@ def motion_mask(
     views when `video` has a view axis, since the views share the mask). Tokens are hidden by
     sampling without replacement with probabilities softmax(z / temperature) over the motion
     z-scores (Gumbel top-k): a small temperature hides strictly the most moving tokens, a
-    large one approaches random masking. Needs the decoded `video` [T, H, W, 3] or
-    [V, T, H, W, 3] with T, H, W multiples of the grid.
+    large one approaches random masking. With `per_slot` every temporal slot hides
+    round(ratio * h * w) tokens (as tube masking and MGMAE's per-frame top-k do), else the
+    clip hides round(ratio * N). Needs the decoded `video` [T, H, W, 3] or [V, T, H, W, 3]
+    with T, H, W multiples of the grid.
     """
     n = _num_tokens("motion_mask", grid)
-    hidden = _hidden_count("motion_mask", ratio, n)
+    t = grid[0]
+    hidden = _hidden_count("motion_mask", ratio, n // t if per_slot else n)
     if not temperature > 0:
         raise ValueError(f"motion_mask.temperature: must be > 0, got {temperature}")
 
     def op(example: dict, rng: np.random.Generator) -> dict:
         energy = tubelet_motion(example, grid).reshape(-1)
         z = (energy - energy.mean()) / (energy.std() + 1e-6)
-        scores = z / temperature + rng.gumbel(size=n)
-        mask = np.zeros(n, bool)
-        mask[np.argsort(-scores)[:hidden]] = True
-        return _write(example, mask, suffix)
+        scores = (z / temperature + rng.gumbel(size=n)).reshape(t if per_slot else 1, -1)
+        order = np.argsort(-scores, axis=1)[:, :hidden]
+        mask = np.zeros(scores.shape, bool)
+        np.put_along_axis(mask, order, True, axis=1)
+        return _write(example, mask.reshape(-1), suffix)
 
     return op
 

@@ -5,7 +5,8 @@ reads exactly those frames and nothing else. Every op is `op(example, rng) -> ex
 values (it runs in Grain workers) and is made by a registered factory whose keyword arguments
 are its config.
 
-Keys written by the window samplers (uniform_clip, cvrl_clips, multiview_clips, center_clip):
+Keys written by the window samplers (uniform_clip, rho_clips, cvrl_clips, multiview_clips,
+center_clip):
   frame_indices    int32 [V, T], V clips of T frames, every index in [0, num_frames)
   temporal/start   int32 [V], first frame of each window (before looping)
   temporal/stride  int32 [V], sampling stride in frames
@@ -88,12 +89,34 @@ def uniform_clip(frames: int = 16, stride: int = 2, short: Short = "loop") -> Op
 
     def op(example: dict, rng: np.random.Generator) -> dict:
         n = num_frames(example, "uniform_clip")
-        # A short video has no valid start; any start is as good once the frames loop.
-        last_start = n - span if n >= span else n - 1
-        start = rng.integers(0, last_start + 1)
-        return _write_windows(example, np.array([start]), frames, stride, n, short)
+        return _write_windows(example, uniform_starts(rng, n, span, 1), frames, stride, n, short)
 
     return op
+
+
+@temporal_op("rho_clips")
+def rho_clips(num_clips: int = 2, frames: int = 8, stride: int = 8, short: Short = "loop") -> Op:
+    """`num_clips` windows (the rho positives of Feichtenhofer et al. 2021), each start drawn
+    independently and uniformly over the video, returned in temporal order as PySlowFast's
+    decoder (`get_multiple_start_end_idx`) returns them."""
+    _check_window("rho_clips", frames, stride)
+    if num_clips < 1:
+        raise ValueError(f"rho_clips.num_clips: must be >= 1, got {num_clips}")
+    span = window_span(frames, stride)
+
+    def op(example: dict, rng: np.random.Generator) -> dict:
+        n = num_frames(example, "rho_clips")
+        starts = np.sort(uniform_starts(rng, n, span, num_clips))
+        return _write_windows(example, starts, frames, stride, n, short)
+
+    return op
+
+
+def uniform_starts(rng: np.random.Generator, n: int, span: int, count: int) -> np.ndarray:
+    """`count` independent window starts, uniform over the starts where a window fits."""
+    # A short video has no valid start; any start is as good once the frames loop.
+    last_start = n - span if n >= span else n - 1
+    return rng.integers(0, last_start + 1, size=count)
 
 
 @temporal_op("cvrl_clips")
@@ -305,7 +328,7 @@ def _frame_indices(example: dict, op: str) -> np.ndarray:
     if indices is None or np.ndim(indices) != 2:
         raise ValueError(
             f"{op}: needs 'frame_indices' [V, T] from a window sampler earlier in the chain "
-            f"(uniform_clip, cvrl_clips, multiview_clips, center_clip)"
+            f"(uniform_clip, rho_clips, cvrl_clips, multiview_clips, center_clip)"
         )
     return np.asarray(indices)
 

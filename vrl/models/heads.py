@@ -32,11 +32,13 @@ TOKEN_AXES = ("batch", "length", "act_embed")
 
 
 class ProjectionMLP(nn.Module):
-    """num_hidden x (Dense + BatchNorm + ReLU), then Dense(out)."""
+    """num_hidden x (Dense + BatchNorm + ReLU), then Dense(out); `batch_norm=False` gives
+    Dense(+bias) + ReLU hidden layers (MoCo's head)."""
 
     hidden: int = 2048
     num_hidden: int = 3
     out: int = 128
+    batch_norm: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -45,9 +47,10 @@ class ProjectionMLP(nn.Module):
         axes = ("embed", "mlp")
         for i in range(self.num_hidden):
             x = layers.dense(
-                self.hidden, axes, dtype=self.dtype, use_bias=False, name=f"hidden{i}"
+                self.hidden, axes, dtype=self.dtype, use_bias=not self.batch_norm, name=f"hidden{i}"
             )(x)
-            x = layers.batch_norm(train=train, axis=axes[1], dtype=self.dtype, name=f"bn{i}")(x)
+            if self.batch_norm:
+                x = layers.batch_norm(train=train, axis=axes[1], dtype=self.dtype, name=f"bn{i}")(x)
             x = nn.relu(x)
             axes = axes[::-1]
         return layers.dense(self.out, axes, dtype=self.dtype, name="output")(x)
@@ -81,17 +84,26 @@ class _MaskedSequenceTransformer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens, keep_idx, grid, mask_token, train: bool) -> jax.Array:
+    def __call__(
+        self, tokens, keep_idx, grid, mask_token, train: bool, target_idx=None
+    ) -> jax.Array:
+        """Every position [B, N, width]; with `target_idx` [B, M] only mask tokens at those
+        positions join the kept tokens, and only they come back [B, M, width]."""
         t, h, w = grid
         # Encoder width -> head width ("mlp" on the input side so no kernel repeats a name).
         x = layers.dense(
             self.width, ("mlp", "embed"), dtype=self.dtype, use_bias=self.embed_bias, name="embed"
         )(tokens)
-        x = scatter_tokens(x, keep_idx, mask_token, t * h * w)
         if self.posemb == "sincos_1d":
-            x = x + jnp.asarray(sincos_posemb_1d(t * h * w, self.width), x.dtype)
+            table = jnp.asarray(sincos_posemb_1d(t * h * w, self.width), x.dtype)
         else:
-            x = x + jnp.asarray(sincos_posemb_3d(grid, self.width), x.dtype)
+            table = jnp.asarray(sincos_posemb_3d(grid, self.width), x.dtype)
+        kept = x.shape[1]
+        if target_idx is None:
+            x = scatter_tokens(x, keep_idx, mask_token, t * h * w) + table
+        else:
+            queries = mask_token.astype(x.dtype) + table[target_idx]
+            x = jnp.concatenate([x + table[keep_idx], queries], axis=1)
         x = layers.constrain(x, TOKEN_AXES)
         block = block_class()
         mlp_dim = self.mlp_dim or self.mlp_ratio * self.width
@@ -105,7 +117,8 @@ class _MaskedSequenceTransformer(nn.Module):
                 name=f"block{i}",
             )(x, train)
         epsilon = self.ln_epsilon if self.norm_epsilon is None else self.norm_epsilon
-        return layers.layer_norm(dtype=self.dtype, epsilon=epsilon, name="norm")(x)
+        x = layers.layer_norm(dtype=self.dtype, epsilon=epsilon, name="norm")(x)
+        return x if target_idx is None else x[:, kept:]
 
 
 def _mask_token_param(
@@ -165,7 +178,9 @@ class _ContextTargetTransformer(nn.Module):
 
 
 class MAEDecoder(nn.Module):
-    """VideoMAE decoder: predictions [B, N, patch_dim] of every tubelet's pixels.
+    """VideoMAE decoder: predictions [B, N, patch_dim] of every tubelet's pixels, or, given
+    `target_idx` [B, M], [B, M, patch_dim] for those positions only: VideoMAE V2's dual
+    masking, where the decoder runs on the kept tokens and M mask tokens instead of N tokens.
 
     The published decoders differ from vrl's default in ways that change outputs, so each is an
     option: VideoMAE's 1-D position table (`posemb="sincos_1d"`), q/v-only biases
@@ -186,7 +201,9 @@ class MAEDecoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, visible_tokens, keep_idx, grid, *, train: bool) -> jax.Array:
+    def __call__(
+        self, visible_tokens, keep_idx, grid, *, train: bool, target_idx=None
+    ) -> jax.Array:
         mask_token = _mask_token_param(self, "mask_token", (self.width,))
         x = _MaskedSequenceTransformer(
             self.width,
@@ -200,7 +217,7 @@ class MAEDecoder(nn.Module):
             embed_bias=self.embed_bias,
             dtype=self.dtype,
             name="transformer",
-        )(visible_tokens, keep_idx, tuple(grid), mask_token, train)
+        )(visible_tokens, keep_idx, tuple(grid), mask_token, train, target_idx)
         return layers.dense(
             self.patch_dim, ("embed", "unsharded"), dtype=self.dtype, name="pixels"
         )(x)

@@ -4,6 +4,11 @@ Only the visible tokens enter the encoder (90% tube masking by default); a narro
 every position with a mask token, adds positions and predicts pixels. The loss is the MSE on
 hidden tubelets against pixels normalised per tubelet and channel. With `mask="vjepa"` this is
 SALT's stage 1: a pixel-reconstruction teacher under V-JEPA's multi-block masks.
+
+VideoMAE V2's dual masking (Wang et al. 2023), `decoder_mask="running_cell"`: the decoder
+gets mask tokens only at a running-cell subset of the positions (half of them at the
+published `decoder_mask_ratio=0.5`) and the loss scores the hidden tokens among them, so the
+decoder runs on K + N/2 tokens instead of N.
 """
 
 import dataclasses
@@ -64,6 +69,9 @@ class VideoMAE(base.Objective):
     decoder_ln_epsilon: float = 1e-6
     decoder_norm_epsilon: float | None = None
     decoder_embed_bias: bool = True
+    # VideoMAE V2: the decoder reconstructs only the positions this mask keeps (None: all).
+    decoder_mask: masking.DecoderMaskKind | None = None
+    decoder_mask_ratio: float = 0.5
 
     @property
     def decoder(self) -> heads.MAEDecoder:
@@ -85,7 +93,11 @@ class VideoMAE(base.Objective):
     def batch_ops(self, clip):
         grid = masking.token_grid(self.encoder, clip, "videomae")
         kwargs = {} if self.mask in ("multiblock", "vjepa") else {"ratio": self.mask_ratio}
-        return masking.mask_ops(self.mask, grid, "config.objective.mask", **kwargs)
+        ops = masking.mask_ops(self.mask, grid, "config.objective.mask", **kwargs)
+        if self.decoder_mask is not None:
+            path = "config.objective.decoder_mask"
+            ops += masking.decoder_mask_ops(self.decoder_mask, grid, path, self.decoder_mask_ratio)
+        return ops
 
     def init(self, rng, batch):
         enc_rng, dec_rng = jax.random.split(rng)
@@ -103,6 +115,10 @@ class VideoMAE(base.Objective):
             video, self.encoder.patch, self.norm_pix_loss, self.norm_pix_eps_inside_sqrt
         )
         grid = self._grid(x)
+        decoded = masking.decoder_idx(batch)
+        if decoded is not None:
+            # VideoMAE V2: predictions, targets and scores at the decoded positions only.
+            targets = jnp.take_along_axis(targets, decoded[..., None], axis=1)
         losses = []
         for i, (keep_idx, target_mask, _) in enumerate(masking.mask_sets(batch)):
             rngs = {"dropout": jax.random.fold_in(rng, i)}
@@ -110,8 +126,16 @@ class VideoMAE(base.Objective):
                 {"params": params["encoder"]}, x, train=train, keep_idx=keep_idx, rngs=rngs
             )
             pred = self.decoder.apply(
-                {"params": params["decoder"]}, tokens, keep_idx, grid, train=train, rngs=rngs
+                {"params": params["decoder"]},
+                tokens,
+                keep_idx,
+                grid,
+                train=train,
+                target_idx=decoded,
+                rngs=rngs,
             )
+            if decoded is not None:
+                target_mask = jnp.take_along_axis(target_mask, decoded, axis=1)
             per_token = jnp.mean((pred.astype(jnp.float32) - targets) ** 2, axis=-1)
             losses.append(masking.masked_mean(per_token, target_mask))
         loss = jnp.mean(jnp.stack(losses))

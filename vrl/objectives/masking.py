@@ -3,6 +3,8 @@
 Every masked objective sees its masks as *mask sets*: pairs of `keep_idx` [B, K] (tokens the
 encoder sees) and `target_mask` [B, N] (tokens the loss scores). Tube/random/motion/noise
 masks give one set (target = hidden); V-JEPA's multi-block masks give one set per mask type.
+A decoder mask (VideoMAE V2's running cell) is separate: `keep_idx/decoder` [B, M], the
+positions a decoder reconstructs.
 """
 
 from typing import Literal, NamedTuple
@@ -15,21 +17,40 @@ from vrl import registry
 from vrl.models.vit import ViT
 from vrl.objectives.base import ClipSpec
 
-MaskKind = Literal["tube", "random", "motion", "noise", "multiblock", "vjepa"]
+MaskKind = Literal["tube", "random", "motion", "motion_guided", "noise", "multiblock", "vjepa"]
+DecoderMaskKind = Literal["running_cell"]
 
 _FACTORIES = {
     "tube": "tube_mask",
     "random": "random_mask",
     "motion": "motion_mask",
+    "motion_guided": "motion_mask",
     "noise": "noise_mask",
     "multiblock": "multiblock_mask",
     "vjepa": "vjepa_masks",
 }
+# MGMAE keeps a fixed number of tokens per temporal slot (its per-frame top-k).
+_KIND_OPTIONS = {"motion_guided": {"per_slot": True}}
+_DECODER_FACTORIES = {"running_cell": "running_cell_mask"}
 
 
 def mask_ops(kind: str, grid: tuple[int, int, int], path: str, **kwargs) -> list:
     """[("mask", op)] making `kind` masks for a token grid."""
-    factory = registry.get("transform", _FACTORIES[kind])
+    return _ops(_FACTORIES[kind], grid, path, {**_KIND_OPTIONS.get(kind, {}), **kwargs})
+
+
+def decoder_mask_ops(kind: str, grid: tuple[int, int, int], path: str, ratio: float) -> list:
+    """[("mask", op)] writing `keep_idx/decoder`: the positions a decoder reconstructs."""
+    return _ops(_DECODER_FACTORIES[kind], grid, path, {"ratio": ratio, "suffix": "/decoder"})
+
+
+def decoder_idx(batch: dict) -> jax.Array | None:
+    """[B, M] positions the decoder reconstructs, or None where every position is decoded."""
+    return batch.get("keep_idx/decoder")
+
+
+def _ops(name: str, grid: tuple[int, int, int], path: str, kwargs: dict) -> list:
+    factory = registry.get("transform", name)
     try:
         return [("mask", config_lib.instantiate(factory, kwargs, path, grid=tuple(grid)))]
     except config_lib.ConfigError:
