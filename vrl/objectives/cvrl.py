@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vrl import config as config_lib
 from vrl import registry
 from vrl.config import ConfigError
 from vrl.models import heads, layers
@@ -56,18 +57,12 @@ class CVRL(base.Objective):
     loss_reduction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self):
-        if not self.temperature > 0:  # 0 divides by zero, < 0 rewards pushing positives apart
-            raise ConfigError(
-                f"config.objective.temperature: {self.temperature!r} is not allowed; allowed: > 0"
-            )
+        check_temperature(self)
 
     @property
     def head(self) -> heads.ProjectionMLP:
         return heads.ProjectionMLP(
-            hidden=self.head_hidden,
-            num_hidden=self.head_layers,
-            out=self.head_out,
-            dtype=self.encoder.dtype,
+            self.head_hidden, self.head_layers, self.head_out, dtype=self.encoder.dtype
         )
 
     def batch_ops(self, clip: base.ClipSpec):
@@ -119,6 +114,12 @@ class CVRL(base.Objective):
             "head": head_state.get("batch_stats", stats["head"]),
         }
         return loss, ({"contrastive_accuracy": accuracy}, {"batch_stats": new_stats})
+
+
+def check_temperature(objective) -> None:
+    """A contrastive temperature must be > 0: 0 divides by zero, < 0 rewards pushing positives
+    apart."""
+    config_lib.check_ranges("config.objective", objective, temperature=("> 0", lambda t: t > 0))
 
 
 def _flatten_views(video: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from vrl import registry
 from vrl.config import ConfigError
 from vrl.models import heads, layers
-from vrl.objectives import base
+from vrl.objectives import base, cvrl
 
 
 def normalize(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -127,18 +127,15 @@ class _RhoClips(base.Objective):
     name = "rho"
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise ConfigError(
-                f"config.objective.temperature: {self.temperature!r} is not allowed; allowed: > 0"
-            )
+        cvrl.check_temperature(self)
 
     @property
     def head(self) -> heads.ProjectionMLP:
         return heads.ProjectionMLP(
-            hidden=self.head_hidden,
-            num_hidden=self.head_layers,
-            out=self.head_out,
-            batch_norm=self.head_batch_norm,
+            self.head_hidden,
+            self.head_layers,
+            self.head_out,
+            self.head_batch_norm,
             dtype=self.encoder.dtype,
         )
 
@@ -344,10 +341,7 @@ class RhoBYOL(_MomentumTarget):
     @property
     def predictor(self) -> heads.ProjectionMLP:
         return heads.ProjectionMLP(
-            hidden=self.predictor_hidden,
-            num_hidden=self.predictor_layers,
-            out=self.head_out,
-            dtype=self.encoder.dtype,
+            self.predictor_hidden, self.predictor_layers, self.head_out, dtype=self.encoder.dtype
         )
 
     def init(self, rng, batch):
