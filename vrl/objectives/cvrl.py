@@ -75,19 +75,7 @@ class CVRL(base.Objective):
         return []
 
     def init(self, rng, batch):
-        enc_rng, head_rng = jax.random.split(rng)
-        video = _flatten_views(batch["video"])
-        x = layers.to_model_input(video, self.encoder)
-        enc_vars = self.encoder.init(enc_rng, x, train=False)
-        # The head is initialised on zeros of the right width, so the compiler can drop the
-        # encoder's forward pass from the init program.
-        features = jnp.zeros((2, self.encoder.output_dim), self.encoder.dtype)
-        head_vars = self.head.init(head_rng, features, train=False)
-        params = {"encoder": enc_vars["params"], "head": head_vars["params"]}
-        stats = {
-            "encoder": enc_vars.get("batch_stats", {}),
-            "head": head_vars.get("batch_stats", {}),
-        }
+        params, stats = init_encoder_and_head(self.encoder, self.head, rng, batch["video"])
         return params, {"batch_stats": stats}
 
     def loss(self, params, extra, batch, rng, train):
@@ -114,6 +102,23 @@ class CVRL(base.Objective):
             "head": head_state.get("batch_stats", stats["head"]),
         }
         return loss, ({"contrastive_accuracy": accuracy}, {"batch_stats": new_stats})
+
+
+def init_encoder_and_head(encoder: nn.Module, head: nn.Module, rng, video) -> tuple[dict, dict]:
+    """(params, batch stats) {"encoder", "head"} for clips `video` [B, V, T, H, W, C]."""
+    enc_rng, head_rng = jax.random.split(rng)
+    x = layers.to_model_input(_flatten_views(video), encoder)
+    enc_vars = encoder.init(enc_rng, x, train=False)
+    # The head is initialised on zeros of the right width, so the compiler can drop the
+    # encoder's forward pass from the init program.
+    features = jnp.zeros((2, encoder.output_dim), encoder.dtype)
+    head_vars = head.init(head_rng, features, train=False)
+    params = {"encoder": enc_vars["params"], "head": head_vars["params"]}
+    stats = {
+        "encoder": enc_vars.get("batch_stats", {}),
+        "head": head_vars.get("batch_stats", {}),
+    }
+    return params, stats
 
 
 def check_temperature(objective) -> None:

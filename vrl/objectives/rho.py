@@ -149,19 +149,7 @@ class _RhoClips(base.Objective):
 
     def init_network(self, rng, batch) -> tuple[dict, dict]:
         """(params, batch stats) of the encoder and the projection head."""
-        enc_rng, head_rng = jax.random.split(rng)
-        video = batch["video"]  # [B, V, T, H, W, C]
-        x = layers.to_model_input(video.reshape(-1, *video.shape[2:]), self.encoder)
-        enc_vars = self.encoder.init(enc_rng, x, train=False)
-        # On zeros of the right width, so the compiler can drop the encoder from init.
-        features = jnp.zeros((2, self.encoder.output_dim), self.encoder.dtype)
-        head_vars = self.head.init(head_rng, features, train=False)
-        params = {"encoder": enc_vars["params"], "head": head_vars["params"]}
-        stats = {
-            "encoder": enc_vars.get("batch_stats", {}),
-            "head": head_vars.get("batch_stats", {}),
-        }
-        return params, stats
+        return cvrl.init_encoder_and_head(self.encoder, self.head, rng, batch["video"])
 
     def project(self, params, stats, video, train) -> tuple[jax.Array, dict]:
         """(projections [B, V, D] before normalisation, new batch stats) of the network
