@@ -120,6 +120,18 @@ class Objective(abc.ABC):
         return ("encoder",)
 
 
+def with_ema_horizon(objective: "Objective", length: RunLength) -> "Objective":
+    """`objective` with its `ema_steps|_epochs|_fraction` resolved to `ema_steps` (default:
+    the whole run), for the EMA targets' `for_training`."""
+    horizon = length.steps(objective, "ema", "config.objective", default=length.total_steps)
+    return dataclasses.replace(objective, ema_steps=horizon, ema_epochs=None, ema_fraction=None)
+
+
+def ema(target: PyTree, online: PyTree, momentum: jax.Array) -> PyTree:
+    """The moving average `momentum * target + (1 - momentum) * online`, leaf by leaf."""
+    return jax.tree.map(lambda t, p: momentum * t + (1.0 - momentum) * p, target, online)
+
+
 def variables(params: PyTree, batch_stats: PyTree | None) -> dict:
     """Variables for a module's `apply`: its params, and its batch statistics where it has any."""
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}

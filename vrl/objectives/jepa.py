@@ -188,8 +188,7 @@ class VJEPA(_LatentPrediction):
     name = "vjepa"
 
     def for_training(self, length):
-        horizon = length.steps(self, "ema", "config.objective", default=length.total_steps)
-        return dataclasses.replace(self, ema_steps=horizon, ema_epochs=None, ema_fraction=None)
+        return base.with_ema_horizon(self, length)
 
     def init(self, rng, batch):
         params = self.init_online(rng, batch, self.encoder.output_dim)
@@ -206,10 +205,7 @@ class VJEPA(_LatentPrediction):
         return self.ema_start + (self.ema_end - self.ema_start) * frac
 
     def update_extra(self, extra, params, step):
-        m = self.momentum(step)
-        target = jax.tree.map(
-            lambda t, p: m * t + (1.0 - m) * p, extra["target"], params["encoder"]
-        )
+        target = base.ema(extra["target"], params["encoder"], self.momentum(step))
         return {**extra, "target": target}
 
     def encoder_variables(self, params, extra, which="encoder"):

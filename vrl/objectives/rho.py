@@ -218,8 +218,7 @@ class _MomentumTarget(_RhoClips):
             )
 
     def for_training(self, length):
-        horizon = length.steps(self, "ema", "config.objective", default=length.total_steps)
-        return dataclasses.replace(self, ema_steps=horizon, ema_epochs=None, ema_fraction=None)
+        return base.with_ema_horizon(self, length)
 
     def momentum(self, step):
         frac = jnp.clip(step / max(self.ema_steps or 1, 1), 0.0, 1.0)
@@ -241,12 +240,9 @@ class _MomentumTarget(_RhoClips):
         return jax.lax.stop_gradient(normalize(k)), stats
 
     def update_extra(self, extra, params, step):
-        m = self.momentum(step)
         target = extra["target"]
-        averaged = jax.tree.map(
-            lambda t, p: m * t + (1.0 - m) * p, target, {k: params[k] for k in target}
-        )
-        return {**extra, "target": averaged}
+        online = {k: params[k] for k in target}
+        return {**extra, "target": base.ema(target, online, self.momentum(step))}
 
     def encoder_variables(self, params, extra, which="encoder"):
         if which == "target":
